@@ -1,0 +1,277 @@
+"""One typed config for a training run. Field names are the reference trainer's flag names
+(`train_network.py`), so its command lines, TOML config files and our JSON presets all map 1:1.
+Each field's `help` is the single source for `--help` and the UI's one-line explanations.
+The config never changes once a run starts: derived numbers live in `train.plan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import InstantLoraError
+
+CONFIG_VERSION = 1
+
+
+def opt(default, help: str, *, choices=None, group: str = "", kohya: bool = True, nargs=None):
+    meta = {"help": help, "choices": choices, "group": group, "kohya": kohya, "nargs": nargs}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy", "Lion")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    # --- model
+    pretrained_model_name_or_path: str = opt("", "Base SD1.x model: a .safetensors/.ckpt file, a diffusers folder, or a hub id (online only).", group="model")
+    model_config_dir: Optional[str] = opt(None, "Diffusers config folder for a checkpoint not shaped like SD1.5 (default: the bundled SD1.5 configs).", group="model", kohya=False)
+    clip_skip: Optional[int] = opt(None, "Use the text encoder's n-th last layer (2 for anime-style models); default 1 = last layer.", group="model")
+    # --- data
+    train_data_dir: str = opt("", "Folder holding N_name subfolders (N = repeats) of images with .txt captions, or a flat folder of images.", group="data")
+    resolution: str = opt("512,512", "Training size 'W,H' or one number; images are resized to cover it and center-cropped.", group="data")
+    caption_extension: str = opt(".txt", "Caption file extension next to each image (.txt or .caption).", group="data")
+    train_batch_size: int = opt(1, "Images per step; more needs more VRAM.", group="data")
+    cache_latents: bool = opt(False, "Encode every image with the VAE once before training (faster, less VRAM).", group="data")
+    cache_latents_to_disk: bool = opt(False, "Also keep the encoded latents in .npz files beside the images for the next run.", group="data")
+    auto_caption: bool = opt(False, "Caption images that have no caption file with CLIP interrogation before training.", group="data", kohya=False)
+    enable_bucket: bool = opt(False, "Aspect-ratio buckets (not supported yet: images are center-cropped to the resolution).", group="data")
+    max_data_loader_n_workers: Optional[int] = opt(None, "Accepted for compatibility; images are loaded in the main process.", group="data")
+    persistent_data_loader_workers: bool = opt(False, "Accepted for compatibility; has no effect.", group="data")
+    # --- network
+    network_module: str = opt("networks.lora", "LoRA implementation; only networks.lora (standard LoRA, kohya file format).", group="network")
+    network_dim: Optional[int] = opt(None, "LoRA rank: capacity of the adapter (reference default 4; 16-32 suits most subjects).", group="network")
+    network_alpha: float = opt(1.0, "LoRA alpha; the LoRA output is scaled by alpha/rank (reference default 1).", group="network")
+    network_dropout: Optional[float] = opt(None, "Dropout on the LoRA input during training (0-0.5); none by default.", group="network")
+    network_args: list = opt([], "Extra network options as key=value; preset=attn-only trains attention layers only.", group="network", nargs="*")
+    network_train_unet_only: bool = opt(False, "Train the UNet only; the text encoder stays frozen and its outputs are cached.", group="network")
+    network_weights: Optional[str] = opt(None, "Start from the weights of an existing LoRA file of the same rank and targets.", group="network")
+    # --- optimization
+    optimizer_type: str = opt("AdamW", "Optimizer: AdamW, AdamW8bit (bitsandbytes + CUDA), Prodigy, Lion.", group="optim")
+    optimizer_args: list = opt([], "Extra optimizer arguments as key=value (e.g. weight_decay=0.01).", group="optim", nargs="*")
+    learning_rate: float = opt(2e-6, "Base learning rate (reference default 2e-6; LoRA usually wants 1e-4).", group="optim")
+    unet_lr: Optional[float] = opt(None, "Learning rate for the UNet's LoRA (default: learning_rate).", group="optim")
+    text_encoder_lr: Optional[float] = opt(None, "Learning rate for the text encoder's LoRA (default: learning_rate).", group="optim")
+    lr_scheduler: str = opt("constant", "How the learning rate changes over the run.", group="optim", choices=SCHEDULERS)
+    lr_warmup_steps: float = opt(0, "Warm-up steps (a number < 1 is a fraction of all steps).", group="optim")
+    lr_scheduler_num_cycles: int = opt(1, "Restarts for cosine_with_restarts.", group="optim")
+    lr_scheduler_power: float = opt(1.0, "Power for the polynomial scheduler.", group="optim")
+    max_train_steps: int = opt(1600, "Total optimizer steps (reference default 1600); max_train_epochs overrides it.", group="optim")
+    max_train_epochs: Optional[int] = opt(None, "Train this many passes over the data instead of max_train_steps.", group="optim")
+    gradient_accumulation_steps: int = opt(1, "Add up gradients of this many batches per optimizer step (a bigger batch in less VRAM).", group="optim")
+    max_grad_norm: float = opt(1.0, "Clip the gradient norm to this (0 = no clipping).", group="optim")
+    min_snr_gamma: Optional[float] = opt(None, "Min-SNR loss weighting gamma (5 is the paper's value); faster convergence.", group="optim")
+    noise_offset: Optional[float] = opt(None, "Noise offset (about 0.05-0.1) lets the LoRA learn very dark/bright images.", group="optim")
+    seed: Optional[int] = opt(None, "Random seed; same seed + same data = same LoRA. Random when not set.", group="optim")
+    # --- precision and memory
+    mixed_precision: str = opt("no", "fp16/bf16 on CUDA: frozen model in half precision, LoRA in fp32 (falls back to fp32 on CPU).", group="memory", choices=PRECISIONS)
+    full_fp16: bool = opt(False, "Not supported (LoRA weights always train in fp32); accepted with a warning.", group="memory")
+    full_bf16: bool = opt(False, "Not supported (LoRA weights always train in fp32); accepted with a warning.", group="memory")
+    no_half_vae: bool = opt(False, "Accepted for compatibility: the VAE always encodes in fp32 here.", group="memory")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: much less VRAM, ~25% slower.", group="memory")
+    sdpa: bool = opt(False, "Use PyTorch scaled-dot-product attention (the default in diffusers on torch 2).", group="memory")
+    xformers: bool = opt(False, "Use xformers memory-efficient attention when installed.", group="memory")
+    mem_eff_attn: bool = opt(False, "Accepted for compatibility; same as --sdpa.", group="memory")
+    # --- output
+    output_dir: Optional[str] = opt(None, "Where LoRA files go (default: the WebUI's models/Lora when found, else ./output).", group="output")
+    output_name: Optional[str] = opt(None, "File name without extension (reference default 'last').", group="output")
+    lora_dir: Optional[str] = opt(None, "The WebUI's Lora folder, used when --output_dir is not given.", group="output", kohya=False)
+    webui_dir: Optional[str] = opt(None, "A WebUI install whose models/Lora receives the file (also $INSTANT_LORA_WEBUI_DIR).", group="output", kohya=False)
+    save_model_as: str = opt("safetensors", "File format; only safetensors (pickle formats are unsafe to share).", group="output", choices=("safetensors",))
+    save_precision: Optional[str] = opt(None, "Precision of the saved file: float (fp32), fp16 (half the size) or bf16.", group="output", choices=("float", "fp16", "bf16"))
+    save_every_n_epochs: Optional[int] = opt(None, "Also save name-EEEEEE.safetensors every N epochs.", group="output")
+    save_every_n_steps: Optional[int] = opt(None, "Also save name-stepSSSSSSSS.safetensors every N steps.", group="output")
+    save_state: bool = opt(False, "Write a resumable training state (LoRA, optimizer, scheduler, RNG, step) with each save.", group="output")
+    save_state_on_train_end: bool = opt(False, "Write the resumable state at the end of training.", group="output")
+    resume: Optional[str] = opt(None, "Continue from a state folder written by --save_state.", group="output")
+    trigger_words: str = opt("", "Words that call up the LoRA; written as the WebUI card's activation text.", group="output", kohya=False)
+    training_comment: Optional[str] = opt(None, "A comment stored in the file's metadata.", group="output")
+    no_metadata: bool = opt(False, "Store only the minimal metadata loaders need (no dataset tags or hyper-parameters).", group="output")
+    # --- logging
+    logging_dir: Optional[str] = opt(None, "Folder for the per-step JSONL log and TensorBoard events (default: <output_dir>/logs).", group="logging")
+    log_with: Optional[str] = opt(None, "Also log to tensorboard.", group="logging", choices=("tensorboard", "all"))
+    log_prefix: Optional[str] = opt(None, "Prefix of the log run's name.", group="logging")
+    config_version: int = opt(CONFIG_VERSION, "Version of this config's layout (for presets).", group="meta", kohya=False)
+
+    # ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: Path | str, only_changes: bool = True) -> None:
+        """Presets hold only what differs from the defaults, plus the layout version."""
+        d = self.to_dict()
+        if only_changes:
+            default = TrainConfig().to_dict()
+            d = {k: v for k, v in d.items() if v != default[k]}
+        d["config_version"] = CONFIG_VERSION
+        Path(path).write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+        unknown = [k for k in d if k not in FIELD_NAMES]
+        if unknown:
+            raise InstantLoraError(f"{source}: unknown key(s) {', '.join(unknown)}{_did_you_mean(unknown[0])}")
+        return cls(**{k: _coerce(k, v, source) for k, v in d.items()})
+
+    @classmethod
+    def from_json(cls, path: Path | str) -> "TrainConfig":
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InstantLoraError(f"cannot read preset {path}: {e}", path=path) from e
+        return cls.from_dict(d, source=str(path))
+
+    # ---------------------------------------------------------------------------------------
+    def network_arg_dict(self) -> dict:
+        out = {}
+        for item in self.network_args:
+            key, sep, value = str(item).partition("=")
+            if not sep:
+                raise InstantLoraError(f"--network_args '{item}' must be key=value (e.g. preset=attn-only)")
+            out[key.strip()] = value.strip()
+        return out
+
+    def optimizer_kwargs(self) -> dict:
+        import ast
+
+        out = {}
+        for item in self.optimizer_args:
+            key, sep, value = str(item).partition("=")
+            if not sep:
+                raise InstantLoraError(f"--optimizer_args '{item}' must be key=value (e.g. weight_decay=0.01)")
+            try:
+                out[key.strip()] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                out[key.strip()] = value.strip()
+        return out
+
+    def resolution_wh(self) -> tuple[int, int]:
+        parts = [p.strip() for p in str(self.resolution).replace("x", ",").split(",") if p.strip()]
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            raise InstantLoraError(f"--resolution '{self.resolution}' must be a number or 'W,H' like 512,512") from None
+        if len(nums) == 1:
+            nums = nums * 2
+        if len(nums) != 2:
+            raise InstantLoraError(f"--resolution '{self.resolution}' must be a number or 'W,H' like 512,512")
+        return nums[0], nums[1]
+
+    @property
+    def rank(self) -> int:
+        return self.network_dim if self.network_dim is not None else 4  # the reference's default
+
+    @property
+    def preset(self) -> str:
+        return self.network_arg_dict().get("preset", "default")
+
+    def validate(self) -> list[tuple[str, str]]:
+        """Every problem at once, as (field, message) pairs."""
+        problems = []
+        if not self.pretrained_model_name_or_path:
+            problems.append(("pretrained_model_name_or_path", "is required: the SD1.x checkpoint to train on"))
+        if not self.train_data_dir:
+            problems.append(("train_data_dir", "is required: the folder with your training images"))
+        try:
+            w, h = self.resolution_wh()
+            if w % 64 or h % 64 or not (64 <= w <= 2048 and 64 <= h <= 2048):
+                problems.append(("resolution", f"{w}x{h} must be multiples of 64 between 64 and 2048 (512,512 for SD1.5)"))
+        except InstantLoraError as e:
+            problems.append(("resolution", e.message))
+        if not (1 <= self.rank <= 1024):
+            problems.append(("network_dim", f"= {self.rank} must be 1-1024; 16-32 suits most subjects"))
+        if self.network_alpha <= 0:
+            problems.append(("network_alpha", f"= {self.network_alpha} must be > 0 (often rank or rank/2)"))
+        if self.network_module not in ("networks.lora", "lora"):
+            problems.append(("network_module", f"'{self.network_module}' is not supported; use networks.lora"))
+        try:
+            preset = self.preset
+            if preset not in ("default", "attn-only"):
+                problems.append(("network_args", f"preset '{preset}' is unknown; use preset=attn-only or leave it out"))
+            extra = set(self.network_arg_dict()) - {"preset"}
+            if extra:
+                problems.append(("network_args", f"{', '.join(sorted(extra))} not supported (only preset=attn-only)"))
+        except InstantLoraError as e:
+            problems.append(("network_args", e.message))
+        if self.optimizer_type.lower() not in {o.lower() for o in OPTIMIZERS}:
+            problems.append(("optimizer_type", f"'{self.optimizer_type}' is not supported; choose one of {', '.join(OPTIMIZERS)}"))
+        for name in ("learning_rate", "unet_lr", "text_encoder_lr"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                problems.append((name, f"= {v} must be >= 0"))
+        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps"):
+            if getattr(self, name) < 1:
+                problems.append((name, f"= {getattr(self, name)} must be at least 1"))
+        for name in ("max_train_epochs", "save_every_n_epochs", "save_every_n_steps", "clip_skip"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                problems.append((name, f"= {v} must be at least 1"))
+        if self.clip_skip is not None and self.clip_skip > 12:
+            problems.append(("clip_skip", f"= {self.clip_skip}: SD1.x's text encoder has 12 layers (use 1 or 2)"))
+        if self.lr_warmup_steps < 0:
+            problems.append(("lr_warmup_steps", "must be >= 0"))
+        if self.network_dropout is not None and not (0 <= self.network_dropout < 1):
+            problems.append(("network_dropout", "must be in [0, 1)"))
+        for name, choices in (("mixed_precision", PRECISIONS), ("lr_scheduler", SCHEDULERS)):
+            if getattr(self, name) not in choices:
+                problems.append((name, f"'{getattr(self, name)}' must be one of {', '.join(choices)}"))
+        if self.output_name is not None and not is_safe_name(self.output_name):
+            problems.append(("output_name", f"'{self.output_name}' must be a plain file name (no folders, no ..), e.g. my_style"))
+        return problems
+
+    def check(self) -> None:
+        problems = self.validate()
+        if problems:
+            lines = "\n".join(f"  --{k} {m}" for k, m in problems)
+            raise InstantLoraError(f"Invalid training settings:\n{lines}")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELD_NAMES = tuple(FIELDS)
+
+
+def is_safe_name(name: str) -> bool:
+    """A file stem that cannot leave its folder or hide: no separators, no dots-only, no control chars."""
+    name = str(name)
+    bad = set('/\\:*?"<>|') | {chr(c) for c in range(32)}
+    return bool(name.strip()) and name == name.strip() and not (set(name) & bad) and not name.startswith(".") and len(name) <= 150
+
+
+def _did_you_mean(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key.lstrip("-").replace("-", "_"), FIELD_NAMES, n=1, cutoff=0.6)
+    return f" (did you mean --{close[0]}?)" if close else ""
+
+
+def field_type(name: str) -> type:
+    """The field's base type from its annotation ("Optional[int]" -> int)."""
+    ann = str(FIELDS[name].type).replace("Optional[", "").rstrip("]")
+    return {"int": int, "float": float, "str": str, "bool": bool, "list": list}[ann]
+
+
+def _coerce(name: str, value: Any, source: str):
+    """TOML/JSON values into the field's type, with a message naming the key on mismatch."""
+    kind = field_type(name)
+    if value is None:
+        return None
+    try:
+        if kind is bool:
+            return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+        if kind is list:
+            return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split()
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("not a whole number")
+            return int(value)
+        return kind(value)
+    except (TypeError, ValueError) as e:
+        raise InstantLoraError(f"{source}: '{name}' = {value!r} is not valid ({e})") from e

@@ -1,0 +1,190 @@
+"""The LoRA file every consumer loads: kohya keys, `ss_*` metadata, sidecars, atomic writes.
+
+Keys are `lora_unet_<diffusers path>` / `lora_te_text_model_<path>` with `.` -> `_`, each with
+`.lora_down.weight`, `.lora_up.weight` and an explicit 0-dim `.alpha` (scale = alpha / rank).
+The WebUI matches keys by name and only logs misses at debug level, so every name written here
+is derived from a real module and checked on load: a miss is an error, never silence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..errors import InstantLoraError
+from .layers import ADAPTER, layer_tensors, lora_layers
+
+UNET_PREFIX = "lora_unet"
+TE_PREFIX = "lora_te"
+SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
+
+
+def kohya_name(prefix: str, module_path: str) -> str:
+    # transformers >= 5.6 drops `text_model.` from CLIPTextModel paths; the file format must not
+    # depend on the installed version, so text-encoder names always carry it.
+    if prefix == TE_PREFIX and not module_path.startswith("text_model."):
+        module_path = "text_model." + module_path
+    return f"{prefix}_{module_path.replace('.', '_')}"
+
+
+def named_layers(unet, text_encoder=None) -> dict:
+    """{kohya name: peft layer} for every LoRA layer in the models."""
+    out = {kohya_name(UNET_PREFIX, p): layer for p, layer in lora_layers(unet)}
+    if text_encoder is not None:
+        out.update({kohya_name(TE_PREFIX, p): layer for p, layer in lora_layers(text_encoder)})
+    return out
+
+
+def extract_state_dict(unet, text_encoder=None, dtype=None) -> dict:
+    """The kohya tensors of the trained layers (contiguous CPU copies, `dtype` or fp32)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    sd = {}
+    for name, layer in named_layers(unet, text_encoder).items():
+        down, up, alpha = layer_tensors(layer)
+        sd[name + ".lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
+        sd[name + ".lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
+        sd[name + ".alpha"] = torch.tensor(alpha, dtype=dtype)
+    return sd
+
+
+def split_key(key: str) -> tuple[str, str]:
+    for suffix in SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix
+    raise InstantLoraError(f"unexpected tensor '{key}' in LoRA file", hint="only kohya-format LoRA files are supported")
+
+
+def load_into_layers(sd: dict, unet, text_encoder=None, source: str = "LoRA file") -> None:
+    """Copy a kohya state dict into injected peft layers (resume, `--network_weights`). Strict."""
+    import torch
+
+    layers = named_layers(unet, text_encoder)
+    seen = set()
+    for key, tensor in sd.items():
+        name, suffix = split_key(key)
+        layer = layers.get(name)
+        if layer is None:
+            raise InstantLoraError(f"{source}: '{name}' matches no LoRA module of this model/config.",
+                                   hint="use the same network preset, rank and text-encoder setting as the run that wrote it")
+        seen.add(name)
+        down, up, alpha = layer_tensors(layer)
+        with torch.no_grad():
+            if suffix == ".alpha":
+                layer.scaling[ADAPTER] = float(tensor) / layer.r[ADAPTER]
+                continue
+            target = down if suffix == ".lora_down.weight" else up
+            if tuple(target.shape) != tuple(tensor.shape):
+                raise InstantLoraError(f"{source}: '{key}' has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}.",
+                                       hint="the network_dim (rank) differs from the run that wrote this file")
+            target.copy_(tensor.to(target.dtype))
+    missing = sorted(set(layers) - seen)
+    if missing:
+        raise InstantLoraError(f"{source}: {len(missing)} LoRA modules have no weights in the file (e.g. {missing[0]}).",
+                               hint="use the same network preset and text-encoder setting as the run that wrote it")
+
+
+def _weight_delta(down, up, alpha: float, multiplier: float):
+    """up @ down * alpha / rank * multiplier, shaped like the base weight (Linear or 1x1 Conv)."""
+    rank = down.shape[0]
+    scale = alpha / rank * multiplier
+    if down.dim() == 4:
+        if down.shape[2:] != (1, 1):
+            raise InstantLoraError("3x3 conv LoRA merging is not supported yet")
+        return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], down.shape[1], 1, 1) * scale
+    return (up @ down) * scale
+
+
+def merge_deltas(sd: dict, unet, text_encoder=None, multiplier: float = 1.0, te_multiplier: float | None = None):
+    """Add a kohya LoRA into plain (non-peft) modules the way the WebUI and ComfyUI do:
+    W += up @ down * alpha / rank * multiplier. Returns {module: delta} for exact undo.
+    Every key must match a module: a LoRA that silently does nothing is the failure we prevent."""
+    import torch
+
+    modules = {kohya_name(UNET_PREFIX, n): m for n, m in unet.named_modules() if n}
+    if text_encoder is not None:
+        modules.update({kohya_name(TE_PREFIX, n): m for n, m in text_encoder.named_modules() if n})
+    names = sorted({split_key(k)[0] for k in sd})
+    unmatched = [n for n in names if n not in modules]
+    if unmatched:
+        raise InstantLoraError(f"{len(unmatched)} LoRA keys match no module of this model (e.g. {unmatched[0]}).",
+                               hint="the LoRA was trained for a different architecture (SD1.x expected)")
+    applied = {}
+    with torch.no_grad():
+        for n in names:
+            module = modules[n]
+            mult = te_multiplier if (te_multiplier is not None and n.startswith(TE_PREFIX + "_")) else multiplier
+            down, up = sd[n + ".lora_down.weight"], sd[n + ".lora_up.weight"]
+            alpha = float(sd[n + ".alpha"]) if n + ".alpha" in sd else float(down.shape[0])
+            delta = _weight_delta(down.float(), up.float(), alpha, mult).to(module.weight.device)
+            module.weight += delta.to(module.weight.dtype)
+            applied[module] = delta
+    return applied
+
+
+# ---- file I/O -------------------------------------------------------------------------------
+
+def tensor_data_hash(sd: dict) -> tuple[str, str]:
+    """(sshs_model_hash, sshs_legacy_hash): sha256 of the safetensors data section (after the
+    header), as the reference trainer computes it; independent of the metadata."""
+    from safetensors.torch import save
+
+    raw = save(sd)
+    header_len = int.from_bytes(raw[:8], "little")
+    data = raw[8 + header_len:]
+    return hashlib.sha256(data).hexdigest(), hashlib.sha256(raw[0x100000:0x110000]).hexdigest()[:8]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a hidden temp name that no loader lists, fsync, then rename over the target: the
+    Lora folder never holds a half-written file, even if the process dies mid-write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_lora_file(path: Path, sd: dict, metadata: dict) -> Path:
+    import torch
+    from safetensors.torch import save
+
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InstantLoraError(f"Refusing to save {Path(path).name}: {len(bad)} LoRA tensors contain NaN/inf (e.g. {bad[0]}).",
+                               hint="training diverged; lower the learning rate or use --mixed_precision=bf16/no", path=path)
+    model_hash, legacy_hash = tensor_data_hash(sd)
+    md = {k: str(v) for k, v in metadata.items()}
+    md.update(sshs_model_hash=model_hash, sshs_legacy_hash=legacy_hash)
+    atomic_write_bytes(Path(path), save(sd, metadata=md))
+    return Path(path)
+
+
+def read_lora_file(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    return sd, metadata
+
+
+def write_sidecar(lora_path: Path, activation_text: str = "", preferred_weight: float = 0.0, description: str = "",
+                  notes: str = "") -> Path:
+    """`<name>.json` that the WebUI's Lora card reads (activation text = trigger words)."""
+    lora_path = Path(lora_path)
+    side = lora_path.with_suffix(".json")
+    data = {"description": description, "sd version": "SD1", "activation text": activation_text,
+            "preferred weight": preferred_weight, "notes": notes}
+    atomic_write_bytes(side, (json.dumps(data, indent=4, ensure_ascii=False) + "\n").encode("utf-8"))
+    return side

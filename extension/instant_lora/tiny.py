@@ -1,0 +1,73 @@
+"""A tiny random SD1.x-shaped model, built in a second: for `selftest`, the tests and benchmarks.
+
+Same topology as SD1.5 where it matters (cross-attention down blocks first, up blocks last, a
+4-level VAE with 8x downsampling, the real CLIP tokenizer and vocabulary), only narrow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .models import SDModel, training_noise_scheduler
+
+TINY_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32,
+)
+TINY_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=(32, 32, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32, sample_size=64,
+)
+TINY_TEXT = dict(
+    vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=32,
+    bos_token_id=0, eos_token_id=2, pad_token_id=1,
+)
+
+# Larger SD-shaped model for CPU speed benchmarks (still far smaller than SD1.5's 860M UNet).
+MID_UNET = dict(TINY_UNET, block_out_channels=(128, 256, 256), layers_per_block=2, cross_attention_dim=256,
+                attention_head_dim=8, sample_size=32,
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+MID_TEXT = dict(TINY_TEXT, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8, projection_dim=256)
+
+
+def build_tiny_sd(seed: int = 0, unet: dict | None = None, text: dict | None = None, vae: dict | None = None) -> SDModel:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .tokenizer import load_sd_tokenizer
+
+    torch.manual_seed(seed)
+    return SDModel(
+        unet=UNet2DConditionModel(**(unet or TINY_UNET)),
+        vae=AutoencoderKL(**(vae or TINY_VAE)),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**(text or TINY_TEXT))),
+        tokenizer=load_sd_tokenizer(),
+        noise_scheduler=training_noise_scheduler(),
+        source="tiny",
+        name="tiny-sd",
+    )
+
+
+def save_diffusers_folder(model: SDModel, folder: Path | str) -> Path:
+    """Write the model as a diffusers folder (no tokenizer: the loader builds SD's own)."""
+    folder = Path(folder)
+    model.unet.save_pretrained(str(folder / "unet"))
+    model.vae.save_pretrained(str(folder / "vae"))
+    model.text_encoder.save_pretrained(str(folder / "text_encoder"))
+    model.noise_scheduler.save_pretrained(str(folder / "scheduler"))
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    }, indent=1))
+    return folder
+
+
+def save_tiny_model(folder: Path | str, seed: int = 0) -> Path:
+    return save_diffusers_folder(build_tiny_sd(seed), folder)

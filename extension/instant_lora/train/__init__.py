@@ -1,0 +1,1 @@
+"""Training: plan (derived numbers) -> loop (emits events, obeys a control) -> saved files."""

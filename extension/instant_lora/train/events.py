@@ -1,0 +1,160 @@
+"""What the trainer tells its front ends, and what they can ask of it.
+
+The loop knows no UI: it emits these events to sinks (console, JSONL, TensorBoard, Gradio, the
+WebUI's progress state) and polls a TrainControl at every step boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class Status:
+    message: str
+
+
+@dataclass
+class Warn:
+    message: str
+
+
+@dataclass
+class Step:
+    step: int
+    total: int
+    epoch: int
+    loss: float
+    avg_loss: float
+    lr: float
+    seconds: float  # since training (not loading) started
+
+
+@dataclass
+class Saved:
+    path: str
+    step: int
+    epoch: int
+    kind: str  # "epoch" | "step" | "final" | "state" | "cancelled"
+
+
+@dataclass
+class Finished:
+    path: str | None
+    steps: int
+    seconds: float
+    cancelled: bool
+
+
+class TrainControl:
+    """Thread-safe requests from a front end, read by the loop between steps."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+
+class Emitter:
+    """Fans events out to sinks. A failing sink is reported loudly and training goes on: a UI bug
+    must not cost the user their run."""
+
+    def __init__(self, sinks):
+        self.sinks = [s for s in sinks if s is not None]
+
+    def __call__(self, event) -> None:
+        for sink in self.sinks:
+            try:
+                sink(event)
+            except Exception:
+                print(f"[instant-lora] a progress sink failed on {type(event).__name__}:", file=sys.stderr)
+                traceback.print_exc()
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close:
+                close()
+
+
+class ConsoleSink:
+    """tqdm progress bar (step, loss, average loss, lr, it/s, ETA) plus one line per message."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def _print(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if isinstance(event, Status):
+            self._print(event.message)
+        elif isinstance(event, Warn):
+            self._print(f"WARNING: {event.message}")
+        elif isinstance(event, Step):
+            if self.bar is None:
+                self.bar = tqdm(total=event.total, initial=event.step - 1, desc="training", unit="step",
+                                file=self.stream, dynamic_ncols=True)
+            self.bar.update(event.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{event.loss:.4f}", avg=f"{event.avg_loss:.4f}", lr=f"{event.lr:.2e}",
+                                 epoch=event.epoch, refresh=False)
+        elif isinstance(event, Saved):
+            self._print(f"saved {event.kind}: {event.path}")
+        elif isinstance(event, Finished):
+            self.close()
+            what = "cancelled" if event.cancelled else "done"
+            self._print(f"{what}: {event.steps} steps in {event.seconds:.1f}s" + (f" -> {event.path}" if event.path else ""))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class JsonlSink:
+    """Every event as one JSON line: the run's complete, greppable log."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")
+
+    def __call__(self, event) -> None:
+        self.file.write(json.dumps({"event": type(event).__name__.lower(), "time": round(time.time(), 3), **asdict(event)}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def __call__(self, event) -> None:
+        if isinstance(event, Step):
+            self.writer.add_scalar("loss/current", event.loss, event.step)
+            self.writer.add_scalar("loss/average", event.avg_loss, event.step)
+            self.writer.add_scalar("lr/unet", event.lr, event.step)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,85 @@
+"""The `ss_*` / `modelspec.*` header of the saved file: what the WebUI's Lora card shows, and the
+run's hyper-parameters so a LoRA can be reproduced. All values are strings (safetensors header)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+
+from .. import __version__
+
+# Kept even with --no_metadata: loaders need them to recognise the file.
+MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
+                "ss_network_args", "ss_output_name")
+
+
+def build_metadata(config, plan, scan, model, *, output_name: str, started_at: float, step: int, epoch: int,
+                   finished: bool) -> dict:
+    w, h = plan.width, plan.height
+    md = {
+        "ss_session_id": str(uuid.uuid4().int % 2**31),
+        "ss_training_started_at": started_at,
+        "ss_output_name": output_name,
+        "ss_training_comment": config.training_comment,
+        "ss_sd_scripts_commit_hash": f"instant-lora-{__version__}",
+        "ss_steps": step,
+        "ss_epoch": epoch,
+        "ss_seed": plan.seed,
+        "ss_learning_rate": config.learning_rate,
+        "ss_unet_lr": plan.unet_lr,
+        "ss_text_encoder_lr": plan.text_encoder_lr if plan.train_text_encoder else None,
+        "ss_optimizer": config.optimizer_type + (f"({','.join(config.optimizer_args)})" if config.optimizer_args else ""),
+        "ss_max_grad_norm": config.max_grad_norm,
+        "ss_lr_scheduler": config.lr_scheduler,
+        "ss_lr_warmup_steps": plan.warmup_steps,
+        "ss_max_train_steps": plan.max_train_steps,
+        "ss_num_epochs": plan.num_epochs,
+        "ss_num_batches_per_epoch": plan.batches_per_epoch,
+        "ss_gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "ss_gradient_checkpointing": config.gradient_checkpointing,
+        "ss_mixed_precision": plan.precision,
+        "ss_full_fp16": False,
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": plan.rank,
+        "ss_network_alpha": plan.alpha,
+        "ss_network_dropout": config.network_dropout,
+        "ss_network_args": json.dumps(config.network_arg_dict()),
+        "ss_network_train_unet_only": not plan.train_text_encoder,
+        "ss_sd_model_name": model.name,
+        "ss_sd_model_hash": model.legacy_hash,
+        "ss_v2": False,
+        "ss_base_model_version": "sd_v1",
+        "ss_clip_skip": config.clip_skip,
+        "ss_max_token_length": None,
+        "ss_noise_offset": config.noise_offset,
+        "ss_min_snr_gamma": config.min_snr_gamma,
+        "ss_num_train_images": scan.num_train_images,
+        "ss_cache_latents": config.cache_latents or config.cache_latents_to_disk,
+        "ss_batch_size_per_device": plan.batch_size,
+        "ss_total_batch_size": plan.batch_size * config.gradient_accumulation_steps,
+        "ss_resolution": f"({w}, {h})",
+        "ss_enable_bucket": False,
+        "ss_bucket_info": json.dumps({"buckets": {"0": {"resolution": [w, h], "count": scan.num_train_images}},
+                                      "mean_img_ar_error": 0.0}),
+        "ss_dataset_dirs": json.dumps(scan.dataset_dirs()),
+        "ss_tag_frequency": json.dumps(scan.tag_frequency()),
+        "ss_caption_extension": config.caption_extension,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": output_name,
+        "modelspec.resolution": f"{w}x{h}",
+        "modelspec.date": datetime.datetime.now().replace(microsecond=0).isoformat(),
+        "modelspec.prediction_type": "epsilon",
+        "modelspec.encoder_layer": config.clip_skip or 1,
+    }
+    if finished:
+        import time
+
+        md["ss_training_finished_at"] = time.time()
+    if config.trigger_words:
+        md["modelspec.trigger_phrase"] = config.trigger_words
+    if config.no_metadata:
+        md = {k: v for k, v in md.items() if k in MINIMUM_KEYS or k.startswith("modelspec.")}
+    return {k: str(v) for k, v in md.items()}

@@ -1,6 +1,8 @@
 """Training on the tiny model: the loss falls, the LoRA changes the output, the saved file
 reproduces the trained model, resume continues the same path, cancel keeps the work."""
 
+import importlib.util
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -180,3 +182,47 @@ def test_diverging_run_stops_without_saving_nan(train_set, tmp_path):
     with pytest.raises(InstantLoraError, match="NaN"):
         train(tiny_config(train_set, tmp_path, max_train_steps=30, learning_rate=1e30, max_grad_norm=0.0), model=build_tiny_sd(0))
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_gradient_checkpointing_still_trains_the_text_encoder(train_set, tmp_path):
+    # transformers 4.30 checkpoints reentrantly: without enable_input_require_grads the TE LoRA gets no gradient.
+    result = train(tiny_config(train_set, tmp_path, max_train_steps=2, gradient_checkpointing=True), model=build_tiny_sd(0))
+    sd, _ = read_lora_file(result.path)
+    te_up = [v for k, v in sd.items() if k.startswith("lora_te_") and k.endswith("lora_up.weight")]
+    unet_up = [v for k, v in sd.items() if k.startswith("lora_unet_") and k.endswith("lora_up.weight")]
+    assert te_up and all(v.abs().sum() > 0 for v in te_up)  # up starts at zero: non-zero means it trained
+    assert all(v.abs().sum() > 0 for v in unet_up)
+
+
+def test_network_weights_start_from_a_file(train_set, tmp_path):
+    first = train(tiny_config(train_set, tmp_path / "a", max_train_steps=2), model=build_tiny_sd(0))
+    model = build_tiny_sd(0)
+    second = train(tiny_config(train_set, tmp_path / "b", max_train_steps=1, learning_rate=0.0, network_weights=str(first.path)),
+                   model=model)
+    a, _ = read_lora_file(first.path)
+    b, _ = read_lora_file(second.path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("overrides", [dict(min_snr_gamma=0.05), dict(noise_offset=0.1), dict(clip_skip=2),
+                                       dict(lr_scheduler="cosine", lr_warmup_steps=0.5), dict(train_batch_size=2, gradient_accumulation_steps=2)])
+def test_options_change_the_run(train_set, tmp_path, overrides):
+    plain = train(tiny_config(train_set, tmp_path / "plain", max_train_steps=3), model=build_tiny_sd(0))
+    changed = train(tiny_config(train_set, tmp_path / "changed", max_train_steps=3, **overrides), model=build_tiny_sd(0))
+    assert all(x == x for x in changed.losses) and changed.steps == 3
+    assert changed.losses != pytest.approx(plain.losses, rel=1e-6), overrides
+
+
+@pytest.mark.parametrize("optimizer,package", [("Prodigy", "prodigyopt"), ("Lion", "lion_pytorch"), ("AdamW8bit", None)])
+def test_optional_optimizers(train_set, tmp_path, optimizer, package):
+    if package:
+        pytest.importorskip(package)
+    lr = 1.0 if optimizer == "Prodigy" else 1e-4
+    result = train(tiny_config(train_set, tmp_path, max_train_steps=2, optimizer_type=optimizer, learning_rate=lr),
+                   model=build_tiny_sd(0))
+    assert result.path.is_file()
+    _, md = read_lora_file(result.path)
+    used = optimizer
+    if optimizer == "AdamW8bit" and not (torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")):
+        used = "AdamW"  # falls back, with a warning, where 8-bit AdamW cannot run
+    assert md["ss_optimizer"].split("(")[0].endswith("." + used), md["ss_optimizer"]

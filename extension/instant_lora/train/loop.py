@@ -223,6 +223,8 @@ class Run:
             groups.append({"params": self.te_params, "lr": plan.text_encoder_lr})
         optimizer = make_optimizer(cfg.optimizer_type, groups, cfg.optimizer_kwargs(), cuda=plan.device == "cuda",
                                    warn=lambda msg: self.emit(Warn(msg)))
+        kind = type(optimizer)
+        self.optimizer_desc = f"{kind.__module__}.{kind.__name__}({','.join(cfg.optimizer_args)})"
         scheduler = make_scheduler(cfg.lr_scheduler, optimizer, warmup_steps=plan.warmup_steps, total_steps=plan.max_train_steps,
                                    num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power)
         m = self.model
@@ -368,7 +370,8 @@ class Run:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.save_precision or "", torch.float32)
         sd = extract_state_dict(m.unet, m.text_encoder if self.te_params else None, dtype=dtype)
         md = build_metadata(cfg, self.plan, self.scan, m, output_name=cfg.output_name or self.output_name,
-                            started_at=getattr(self, "started_at", time.time()), step=step, epoch=epoch, finished=finished)
+                            started_at=getattr(self, "started_at", time.time()), step=step, epoch=epoch, finished=finished,
+                            optimizer=self.optimizer_desc)
         path = save_lora_file(file_in(self.output_dir, stem, ".safetensors"), sd, md)
         write_sidecar(path, activation_text=cfg.trigger_words,
                       description=f"Instant LoRA, {step} steps on {self.scan.root.name} ({self.scan.num_train_images} images x repeats)")

@@ -15,7 +15,7 @@ MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_netwo
 
 
 def build_metadata(config, plan, scan, model, *, output_name: str, started_at: float, step: int, epoch: int,
-                   finished: bool) -> dict:
+                   finished: bool, optimizer: str = "") -> dict:
     w, h = plan.width, plan.height
     md = {
         "ss_session_id": str(uuid.uuid4().int % 2**31),
@@ -29,7 +29,7 @@ def build_metadata(config, plan, scan, model, *, output_name: str, started_at: f
         "ss_learning_rate": config.learning_rate,
         "ss_unet_lr": plan.unet_lr,
         "ss_text_encoder_lr": plan.text_encoder_lr if plan.train_text_encoder else None,
-        "ss_optimizer": config.optimizer_type + (f"({','.join(config.optimizer_args)})" if config.optimizer_args else ""),
+        "ss_optimizer": optimizer or config.optimizer_type,
         "ss_max_grad_norm": config.max_grad_norm,
         "ss_lr_scheduler": config.lr_scheduler,
         "ss_lr_warmup_steps": plan.warmup_steps,

@@ -13,9 +13,12 @@ from .errors import InstantLoraError
 
 APP_HELP = """Instant LoRA - train SD1.x LoRAs that work in the WebUI as <lora:name:0.8>.
 
+  python standalone_app.py [--port N] [--listen] [--share] [--auth user:pass] [--models-dir D] [--lora-dir D]
+                           the browser app (see --help of the app: python standalone_app.py --port 7870 --help)
 commands:
   train      train a LoRA (accepts kohya train_network.py flags; see `train --help`)
   caption    caption a folder of images with CLIP interrogation (see `caption --help`)
+  generate   render a prompt with <lora:name:w> tags, or a weight x epoch grid of a run (see `generate --help`)
   selftest   build a tiny model, train a few steps, check the saved LoRA works (under 2 min on a CPU)
 """
 
@@ -59,22 +62,27 @@ def cmd_caption(argv: list[str]) -> int:
     return run_caption_command(args)
 
 
+def cmd_generate(argv: list[str]) -> int:
+    from .generate_cli import run_generate
+
+    return run_generate(argv)
+
+
 def cmd_selftest(argv: list[str]) -> int:
     from .selftest import run_selftest
 
     return 0 if run_selftest(verbose="--quiet" not in argv) else 1
 
 
-COMMANDS = {"train": cmd_train, "caption": cmd_caption, "selftest": cmd_selftest}
+COMMANDS = {"train": cmd_train, "caption": cmd_caption, "generate": cmd_generate, "selftest": cmd_selftest}
 
 
-def main(argv: list[str] | None = None, app=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        if app is not None:
-            return app(argv)
-        print(APP_HELP)
-        return 0
+        from .app import run_app
+
+        return run_app(argv)
     if argv[0] in ("-h", "--help", "help"):
         print(APP_HELP)
         return 0

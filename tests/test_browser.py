@@ -1,0 +1,206 @@
+"""The standalone app in a real browser (Chromium driven by Playwright) against a tiny model:
+upload, edit a caption, train to the end, cancel another run, and bad input. Screenshots of each
+section land in test-output/screenshots/ (kept as CI artifacts)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import make_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def _gradio_major() -> str:
+    from importlib.metadata import version
+
+    return version("gradio").split(".")[0]
+
+
+SHOTS = ROOT / "test-output" / "screenshots" / f"gradio{_gradio_major()}"
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+def _require_browser():
+    missing = []
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package")
+    if not Path(CHROMIUM).exists():
+        missing.append(CHROMIUM)
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser test cannot run in CI: missing {', '.join(missing)} (.ci/run installs them)")
+        pytest.skip(f"missing {', '.join(missing)}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    _require_browser()
+    from instant_lora.tiny import save_tiny_model
+
+    base = tmp_path_factory.mktemp("app")
+    save_tiny_model(base / "models" / "tiny-sd")
+    (base / "loras").mkdir()
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    log = open(base / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "standalone_app.py"), "--port", str(port), "--no-browser",
+                             "--models-dir", str(base / "models"), "--lora-dir", str(base / "loras"), "--data-dir", str(base / "data")],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the app did not start:\n" + (base / "app.log").read_text()[-3000:])
+    assert proc.poll() is None, (base / "app.log").read_text()[-3000:]
+    yield {"url": url, "base": base}
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 1600})
+        pg.set_default_timeout(60_000)
+        pg.goto(app["url"])
+        pg.wait_for_selector("#il_start")
+        yield pg
+        browser.close()
+
+
+def fill(page, elem_id: str, value: str):
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def open_accordion(page, elem_id: str):
+    page.locator(f"#{elem_id} .label-wrap, #{elem_id} > button").first.click()
+
+
+def wait_text(page, elem_id: str, text: str, timeout: float = 120):
+    page.wait_for_function(f"() => (document.querySelector('#{elem_id}')?.innerText || '').includes({text!r})",
+                           timeout=timeout * 1000)
+
+
+def wait_done(page, timeout_s: float = 300):
+    page.wait_for_selector("#il_progress [data-state=finished], #il_progress [data-state=failed], "
+                           "#il_progress [data-state=cancelled]", timeout=timeout_s * 1000)
+
+
+def test_upload_caption_train_and_result(app, page, tmp_path):
+    imgs = tmp_path / "imgs"
+    make_image(imgs / "red.png", (200, 30, 30))
+    make_image(imgs / "blue.png", (30, 30, 200), shape="circle")
+    (imgs / "red.txt").write_text("red square", encoding="utf-8")
+    (imgs / "notes.pdf").write_text("not an image")
+
+    open_accordion(page, "il_upload_section")
+    page.set_input_files("#il_uploads input[type=file]", [str(imgs / n) for n in ("red.png", "blue.png", "red.txt", "notes.pdf")])
+    wait_text(page, "il_uploads", "notes.pdf")  # the upload reached the server
+    fill(page, "il_upload_name", "shapes")
+    page.locator("#il_upload_btn").click()
+    wait_text(page, "il_dataset_msg", "added 2 image(s)")
+    assert "notes.pdf: not an image" in page.inner_text("#il_dataset_msg")
+    wait_text(page, "il_dataset_summary", "2 images")
+    dataset = app["base"] / "data" / "datasets" / "shapes" / "10_shapes"
+    assert sorted(p.name for p in dataset.iterdir()) == ["blue.png", "red.png", "red.txt"]  # the pdf went nowhere
+
+    # Edit a caption in place: select the image, type, save -> the .txt on disk changes.
+    page.locator("#il_gallery img").first.click()
+    page.wait_for_function("() => (document.querySelector('#il_selected_image textarea, #il_selected_image input')?.value || '') !== ''")
+    selected = page.locator("#il_selected_image textarea, #il_selected_image input").first.input_value()
+    fill(page, "il_caption", "shapes, a bold test caption")
+    page.locator("#il_save_caption").click()
+    wait_text(page, "il_dataset_msg", "saved caption")
+    assert (dataset / Path(selected).with_suffix(".txt").name).read_text(encoding="utf-8").strip() == "shapes, a bold test caption"
+    page.locator("#il_section_dataset").screenshot(path=str(SHOTS / "1-dataset.png"))
+
+    fill(page, "il_output_name", "ui_lora")
+    fill(page, "il_trigger_words", "shpz")
+    fill(page, "il_max_train_epochs", "1")
+    fill(page, "il_resolution", "64,64")
+    wait_text(page, "il_plan", "20 steps", timeout=60)
+    page.locator("#il_section_model").screenshot(path=str(SHOTS / "2-model.png"))
+
+    page.locator("#il_start").click()
+    wait_text(page, "il_train_msg", "Started")
+    wait_done(page)
+    assert page.get_attribute("#il_progress [data-state]", "data-state") == "finished", page.inner_text("#il_log")
+    assert "step 20 / 20" in page.inner_text("#il_progress").replace("\n", " ")
+    page.wait_for_selector("#il_loss_chart svg")
+    page.locator("#il_section_train").screenshot(path=str(SHOTS / "3-train.png"))
+    wait_text(page, "il_result", "ui_lora.safetensors")
+    tag = page.locator("#il_result_tag textarea, #il_result_tag input").first.input_value()
+    assert tag == "<lora:ui_lora:0.8> shpz"
+    page.locator("#il_section_result").screenshot(path=str(SHOTS / "4-result.png"))
+    page.screenshot(path=str(SHOTS / "app-full.png"), full_page=True)
+    assert (app["base"] / "loras" / "ui_lora.safetensors").is_file()
+    assert (app["base"] / "loras" / "ui_lora.json").is_file()
+    assert not list((app["base"] / "loras").glob("*.txt"))  # no caption files in the Lora folder
+
+
+def test_existing_name_and_bad_names_are_refused(app, page):
+    fill(page, "il_output_name", "ui_lora")  # exists from the previous test
+    page.locator("#il_start").click()
+    wait_text(page, "il_train_msg", "already exists")
+    fill(page, "il_output_name", "../escape")
+    page.locator("#il_start").click()
+    wait_text(page, "il_train_msg", "plain file name")
+    assert not list(app["base"].rglob("escape*"))
+
+
+def test_empty_dataset_folder_gives_a_visible_message(app, page):
+    empty = app["base"] / "empty_dataset"
+    empty.mkdir()
+    fill(page, "il_dataset_dir", str(empty))
+    page.locator("#il_load_dataset").click()
+    wait_text(page, "il_dataset_problems", "10_")  # names the expected layout
+
+
+def test_cancel_keeps_the_work(app, page):
+    fill(page, "il_dataset_dir", str(app["base"] / "data" / "datasets" / "shapes"))
+    page.locator("#il_load_dataset").click()
+    wait_text(page, "il_dataset_summary", "2 images")
+    fill(page, "il_output_name", "cancel_me")
+    fill(page, "il_max_train_epochs", "200")
+    page.locator("#il_start").click()
+    wait_text(page, "il_train_msg", "Started")
+    page.wait_for_selector("#il_progress [data-state=running]")  # the page now shows this run, not the last one
+    page.wait_for_function("() => /step [1-9]/.test(document.querySelector('#il_progress')?.innerText || '')", timeout=120_000)
+    page.locator("#il_start").click()  # a second start while one runs says what is running
+    wait_text(page, "il_train_msg", "already running")
+    page.locator("#il_cancel").click()
+    wait_done(page)
+    assert page.get_attribute("#il_progress [data-state]", "data-state") == "cancelled", page.inner_text("#il_log")
+    saved = list((app["base"] / "loras").glob("cancel_me-step*.safetensors"))
+    assert len(saved) == 1
+    wait_text(page, "il_result", "Cancelled")

@@ -57,7 +57,8 @@ def app(tmp_path_factory):
     save_tiny_model(base / "models" / "tiny-sd")
     (base / "loras").mkdir()
     port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
+               INSTANT_LORA_CACHE=str(base / "cache"))
     log = open(base / "app.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "standalone_app.py"), "--port", str(port), "--no-browser",
                              "--models-dir", str(base / "models"), "--lora-dir", str(base / "loras"), "--data-dir", str(base / "data")],
@@ -106,7 +107,7 @@ def open_accordion(page, elem_id: str):
     page.locator(f"#{elem_id} .label-wrap, #{elem_id} > button").first.click()
 
 
-def wait_text(page, elem_id: str, text: str, timeout: float = 120):
+def wait_text(page, elem_id: str, text: str, timeout: float = 240):
     page.wait_for_function(f"() => (document.querySelector('#{elem_id}')?.innerText || '').includes({text!r})",
                            timeout=timeout * 1000)
 
@@ -142,6 +143,20 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     page.locator("#il_save_caption").click()
     wait_text(page, "il_dataset_msg", "saved caption")
     assert (dataset / Path(selected).with_suffix(".txt").name).read_text(encoding="utf-8").strip() == "shapes, a bold test caption"
+    # Auto-caption fills the image that has no caption (a tiny CLIP trained for the tests), keeps the other.
+    from captioning_fixtures import tiny_clip
+
+    clip = tiny_clip(tmp_path / "clip")
+    before = (dataset / "red.txt").read_bytes() if (dataset / "red.txt").exists() else None
+    open_accordion(page, "il_autocaption_section")
+    fill(page, "il_clip_model", f"local-dir:{clip.local_dir}")
+    fill(page, "il_clip_pretrained", "")
+    page.locator("#il_autocaption_btn").click()
+    wait_text(page, "il_caption_status", "1", timeout=180)
+    captioned = [p for p in dataset.glob("*.txt")]
+    assert len(captioned) == 2, page.inner_text("#il_caption_status")
+    if before is not None:
+        assert (dataset / "red.txt").read_bytes() == before
     page.locator("#il_section_dataset").screenshot(path=str(SHOTS / "1-dataset.png"))
 
     fill(page, "il_output_name", "ui_lora")
@@ -149,14 +164,17 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     fill(page, "il_max_train_epochs", "1")
     fill(page, "il_resolution", "64,64")
     wait_text(page, "il_plan", "20 steps", timeout=60)
+    fill(page, "il_sample_prompts", "shpz, red square --s 2")
+    fill(page, "il_sample_every", "10")
     page.locator("#il_section_model").screenshot(path=str(SHOTS / "2-model.png"))
 
     page.locator("#il_start").click()
     wait_text(page, "il_train_msg", "Started")
     wait_done(page)
-    assert page.get_attribute("#il_progress [data-state]", "data-state") == "finished", page.inner_text("#il_log")
+    assert page.get_attribute("#il_progress [data-state]", "data-state") == "finished", page.inner_text("#il_result")
     assert "step 20 / 20" in page.inner_text("#il_progress").replace("\n", " ")
     page.wait_for_selector("#il_loss_chart svg")
+    page.wait_for_function("() => document.querySelectorAll('#il_samples img').length >= 2")  # steps 10 and 20
     page.locator("#il_section_train").screenshot(path=str(SHOTS / "3-train.png"))
     wait_text(page, "il_result", "ui_lora.safetensors")
     tag = page.locator("#il_result_tag textarea, #il_result_tag input").first.input_value()

@@ -226,3 +226,30 @@ def test_optional_optimizers(train_set, tmp_path, optimizer, package):
     if optimizer == "AdamW8bit" and not (torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")):
         used = "AdamW"  # falls back, with a warning, where 8-bit AdamW cannot run
     assert md["ss_optimizer"].split("(")[0].endswith("." + used), md["ss_optimizer"]
+
+
+def test_samples_during_training_use_the_training_model(train_set, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# comment\ntest, red square dress --n blurry --s 3 --d 5\ntest, blue round dress --s 3\n", encoding="utf-8")
+    events = []
+    result = train(tiny_config(train_set, tmp_path / "out", max_train_steps=4, sample_prompts=str(prompts), sample_every_n_steps=2,
+                               sample_at_first=True, sample_sampler="euler_a"), model=build_tiny_sd(0), sinks=[events.append])
+    samples = [e for e in events if type(e).__name__ == "Sample"]
+    assert [s.step for s in samples] == [0, 0, 2, 2, 4, 4]
+    from PIL import Image
+
+    first, last = Image.open(samples[0].path), Image.open(samples[4].path)
+    assert first.size == (64, 64) and "Negative prompt: blurry" in first.info["parameters"]
+    assert first.tobytes() != last.tobytes()  # same prompt and seed: the LoRA changed the picture
+    assert result.path.is_file()
+
+
+def test_bad_sample_settings_fail_before_training(train_set, tmp_path):
+    from instant_lora.errors import InstantLoraError
+
+    with pytest.raises(InstantLoraError, match="sample_prompts"):
+        train(tiny_config(train_set, tmp_path, sample_every_n_steps=2), model=build_tiny_sd(0))
+    (tmp_path / "p.txt").write_text("a prompt\n")
+    with pytest.raises(InstantLoraError, match="sampler"):
+        train(tiny_config(train_set, tmp_path, sample_prompts=str(tmp_path / "p.txt"), sample_every_n_steps=2,
+                          sample_sampler="nonsense"), model=build_tiny_sd(0))

@@ -43,6 +43,8 @@ class TrainConfig:
     cache_latents: bool = opt(False, "Encode every image with the VAE once before training (faster, less VRAM).", group="data")
     cache_latents_to_disk: bool = opt(False, "Also keep the encoded latents in .npz files beside the images for the next run.", group="data")
     auto_caption: bool = opt(False, "Caption images that have no caption file with CLIP interrogation before training.", group="data", kohya=False)
+    caption_clip_model: str = opt("ViT-L-14", "CLIP model for --auto_caption: open_clip name, weights file, or local-dir:PATH.", group="data", kohya=False)
+    caption_clip_pretrained: str = opt("openai", "open_clip pretrained tag for --auto_caption (openai = SD's own CLIP).", group="data", kohya=False)
     enable_bucket: bool = opt(False, "Aspect-ratio buckets (not supported yet: images are center-cropped to the resolution).", group="data")
     max_data_loader_n_workers: Optional[int] = opt(None, "Accepted for compatibility; images are loaded in the main process.", group="data")
     persistent_data_loader_workers: bool = opt(False, "Accepted for compatibility; has no effect.", group="data")
@@ -95,6 +97,12 @@ class TrainConfig:
     trigger_words: str = opt("", "Words that call up the LoRA; written as the WebUI card's activation text.", group="output", kohya=False)
     training_comment: Optional[str] = opt(None, "A comment stored in the file's metadata.", group="output")
     no_metadata: bool = opt(False, "Store only the minimal metadata loaders need (no dataset tags or hyper-parameters).", group="output")
+    # --- samples during training
+    sample_prompts: Optional[str] = opt(None, "A .txt file, one prompt per line (options: --n negative --w --h --d seed --l cfg --s steps).", group="sample")
+    sample_every_n_steps: Optional[int] = opt(None, "Render the sample prompts every N steps with the LoRA being trained.", group="sample")
+    sample_every_n_epochs: Optional[int] = opt(None, "Render the sample prompts every N epochs.", group="sample")
+    sample_sampler: str = opt("ddim", "Sampler for the samples: ddim, euler_a, dpmsolver++ (or Euler a, DPM++ 2M Karras, DDIM).", group="sample")
+    sample_at_first: bool = opt(False, "Also render the samples before the first step (the base model's look).", group="sample")
     # --- logging
     logging_dir: Optional[str] = opt(None, "Folder for the per-step JSONL log and TensorBoard events (default: <output_dir>/logs).", group="logging")
     log_with: Optional[str] = opt(None, "Also log to tensorboard.", group="logging", choices=("tensorboard", "all"))
@@ -223,6 +231,10 @@ class TrainConfig:
         for name, choices in (("mixed_precision", PRECISIONS), ("lr_scheduler", SCHEDULERS)):
             if getattr(self, name) not in choices:
                 problems.append((name, f"'{getattr(self, name)}' must be one of {', '.join(choices)}"))
+        if (self.sample_every_n_steps or self.sample_every_n_epochs or self.sample_at_first) and not self.sample_prompts:
+            problems.append(("sample_prompts", "is needed to render samples (a .txt file, one prompt per line)"))
+        if self.sample_every_n_steps is not None and self.sample_every_n_steps < 1:
+            problems.append(("sample_every_n_steps", "must be at least 1"))
         if self.output_name is not None and not is_safe_name(self.output_name):
             problems.append(("output_name", f"'{self.output_name}' must be a plain file name (no folders, no ..), e.g. my_style"))
         return problems

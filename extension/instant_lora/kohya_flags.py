@@ -14,7 +14,8 @@ from .config import FIELD_NAMES, FIELDS, TrainConfig, field_type
 from .errors import InstantLoraError
 
 GROUP_TITLES = {"model": "base model", "data": "dataset", "network": "LoRA network", "optim": "optimization",
-                "memory": "precision and memory", "output": "saving", "logging": "logging"}
+                "memory": "precision and memory", "output": "saving", "sample": "samples during training",
+                "logging": "logging"}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -45,6 +45,13 @@ class Saved:
 
 
 @dataclass
+class Sample:
+    step: int
+    caption: str  # the prompt
+    path: str  # PNG with its infotext
+
+
+@dataclass
 class Finished:
     path: str | None
     steps: int
@@ -117,6 +124,8 @@ class ConsoleSink:
                                  epoch=event.epoch, refresh=False)
         elif isinstance(event, Saved):
             self._print(f"saved {event.kind}: {event.path}")
+        elif isinstance(event, Sample):
+            self._print(f"sample at step {event.step}: {event.path}")
         elif isinstance(event, Finished):
             self.close()
             what = "cancelled" if event.cancelled else "done"

@@ -7,13 +7,14 @@ resumed run takes exactly the path the uninterrupted run would have taken.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InstantLoraError
-from .events import Emitter, Finished, Saved, Status, Step, TrainControl, Warn
+from .events import Emitter, Finished, Sample, Saved, Status, Step, TrainControl, Warn
 
 NAN_PATIENCE = 5  # consecutive non-finite losses before the run stops (fp16 overflow, bad data)
 
@@ -93,15 +94,26 @@ class Run:
         self.output_name = cfg.output_name or "last"
         self.emit(Status(f"output: {self.output_dir / (self.output_name + '.safetensors')} ({why})"))
         self.logging_dir = Path(cfg.logging_dir) if cfg.logging_dir else self.output_dir / "logs"
+        self.sample_prompts = []
+        if cfg.sample_prompts:
+            from .sampling import read_prompt_file, sampler_name
+
+            self.sample_prompts = read_prompt_file(cfg.sample_prompts)
+            self.sample_sampler = sampler_name(cfg.sample_sampler)  # checked now, not at the first sample
         self._open_logs()
 
     def _auto_caption(self) -> None:
-        from ..captioning import CaptionOptions, caption_folder
+        from ..captioning import CaptionOptions, caption_folder, free_clip_model
 
+        cfg = self.config
         self.emit(Status("auto-captioning images without a caption file (CLIP interrogation)..."))
-        report = caption_folder(self.config.train_data_dir, CaptionOptions(mode="fill", caption_extension=self.config.caption_extension,
-                                                                          prefix=self.config.trigger_words))
-        self.emit(Status(str(report)))
+        options = CaptionOptions(mode="fill", caption_extension=cfg.caption_extension, prefix=cfg.trigger_words,
+                                 clip_model=cfg.caption_clip_model, clip_pretrained=cfg.caption_clip_pretrained)
+        try:
+            report = caption_folder(cfg.train_data_dir, options)
+        finally:
+            free_clip_model()  # its VRAM belongs to training now
+        self.emit(Status(report.summary()))
 
     def _open_logs(self) -> None:
         from .events import JsonlSink, TensorBoardSink
@@ -286,6 +298,8 @@ class Run:
         if self.te_fwd is not None:
             self.te_fwd.train()
         self.emit(Status(f"training from step {step} to {plan.max_train_steps}" if step else "training..."))
+        if cfg.sample_at_first and step == 0:
+            self._sample(0)
         while step < plan.max_train_steps and not cancelled:
             epoch = step // plan.steps_per_epoch
             order = epoch_order(len(items), plan.seed, epoch)
@@ -321,10 +335,15 @@ class Run:
                     self.save(f"{self.output_name}-step{step:08d}", step, epoch + (1 if epoch_done else 0), "step")
                 if epoch_done and cfg.save_every_n_epochs and (epoch + 1) % cfg.save_every_n_epochs == 0:
                     self.save(f"{self.output_name}-{epoch + 1:06d}", step, epoch + 1, "epoch")
+                if (cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0) or \
+                        (epoch_done and cfg.sample_every_n_epochs and (epoch + 1) % cfg.sample_every_n_epochs == 0):
+                    self._sample(step)
                 if self.control.stop_requested:
                     cancelled = True
                     break
         epoch = -(-step // plan.steps_per_epoch)
+        if self.sample_prompts and not cancelled and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
+            self._sample(step)  # the final LoRA's look
         if cancelled:
             final = self.save(f"{self.output_name}-step{step:08d}", step, epoch, "cancelled")
         else:
@@ -332,6 +351,20 @@ class Run:
         seconds = time.time() - t0
         self.emit(Finished(path=str(final), steps=step, seconds=seconds, cancelled=cancelled))
         return TrainResult(path=final, saved=self.saved, steps=step, losses=losses, cancelled=cancelled, plan=plan)
+
+    def _sample(self, step: int) -> None:
+        from .sampling import render_samples
+
+        if not self.accelerator.is_main_process:
+            return
+        cfg, plan = self.config, self.plan
+        autocast = getattr(self.accelerator, "autocast", None)  # frozen fp16 weights + fp32 LoRA, as in training
+        with autocast() if autocast else contextlib.nullcontext():
+            rendered = render_samples(self.model, self.sample_prompts, sampler=self.sample_sampler, width=plan.width,
+                                      height=plan.height, seed=plan.seed, clip_skip=cfg.clip_skip,
+                                      folder=self.logging_dir / "samples", stem=f"{self.output_name}_step{step:08d}")
+        for prompt, path in rendered:
+            self.emit(Sample(step=step, caption=prompt, path=str(path)))
 
     # ---- saving and resuming -------------------------------------------------------------
     def _state_match(self) -> dict:

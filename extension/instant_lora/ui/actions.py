@@ -184,14 +184,16 @@ def import_uploads(files, data_dir: str | Path, dataset_name: str, repeats: int)
 @lru_cache(maxsize=32)
 def lora_parameter_count(rank: int, preset: str, train_text_encoder: bool) -> tuple[int, int]:
     """(trainable, base) parameters for SD1.5 at this rank, from its config without loading weights."""
-    from accelerate import init_empty_weights
+    import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..lora.targets import text_encoder_targets, unet_targets
     from ..models import BUNDLED_SD15_CONFIG
 
-    with init_empty_weights():
+    # torch.device("meta") is thread-local; accelerate's init_empty_weights patches torch for every
+    # thread and would put a concurrently training run's new LoRA layers on the meta device.
+    with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(BUNDLED_SD15_CONFIG / "unet")))
         te = CLIPTextModel(CLIPTextConfig.from_pretrained(str(BUNDLED_SD15_CONFIG / "text_encoder")))
     modules = dict(unet.named_modules())
@@ -235,6 +237,19 @@ def plan_markdown(values: dict, scan) -> str:
     if problems:
         lines.append("**fix:** " + "; ".join(problems))
     return "\n\n".join(lines)
+
+
+def sample_prompt_file(text: str, every_n, data_dir: Path, name: str) -> tuple[str | None, int | None]:
+    """(prompt file, every N steps) for the trainer, or (None, None) when sampling is off."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    every = int(every_n or 0)
+    if not lines or every <= 0:
+        return None, None
+    from ..lora.kohya_file import atomic_write_bytes
+
+    path = Path(data_dir) / "prompts" / f"{name}.txt"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return str(path), every
 
 
 def output_name_problem(name: str, lora_dir: Path, overwrite: bool) -> str | None:

@@ -129,6 +129,11 @@ def build_ui(host, job=None):
             train_msg = gr.Markdown(elem_id="il_train_msg")
             progress = gr.HTML(actions.progress_html(job.snapshot()), elem_id="il_progress")
             loss_chart = gr.HTML(elem_id="il_loss_chart")
+            with gr.Row():
+                sample_text = gr.Textbox(label="Sample prompts", lines=2, elem_id="il_sample_prompts", scale=3,
+                                         info="One per line, rendered with the LoRA as it trains (fixed seeds). Options: --n negative --s steps.")
+                sample_every = gr.Number(label="Sample every N steps", value=0, precision=0, elem_id="il_sample_every", scale=1,
+                                         info="0 = no samples; each sample costs a few seconds.")
             samples = gr.Gallery(label="Samples", columns=4, height=240, elem_id="il_samples")
             log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="il_log")
 
@@ -138,6 +143,8 @@ def build_ui(host, job=None):
             result_tag = copyable_textbox(gr, label="Use it in a prompt", interactive=False, elem_id="il_result_tag")
             test_btn = gr.Button("Open the test panel", elem_id="il_open_test")
             test_md = gr.Markdown(visible=False, elem_id="il_test_panel")
+            if hasattr(host, "extend_ui"):  # a host's own controls here (the WebUI: "Send to txt2img")
+                host.extend_ui(gr, demo, job)
 
         # ---- wiring ---------------------------------------------------------------------------
         field_names = list(fields)
@@ -202,7 +209,7 @@ def build_ui(host, job=None):
                 return (_message(e),) + (gr.update(),) * 5
             finally:
                 free_clip_model()
-            return (str(report),) + show_dataset(folder, ext)
+            return (report.summary(),) + show_dataset(folder, ext)
 
         caption_btn.click(do_caption, [dataset_dir, cap_mode, cap_model, cap_pretrained, fields["trigger_words"],
                                        fields["caption_extension"]], [caption_status] + load_outputs)
@@ -247,7 +254,7 @@ def build_ui(host, job=None):
                                          "train_batch_size", "gradient_accumulation_steps", "network_args")]:
             comp.change(update_plan, plan_inputs, [plan_md])
 
-        def start(folder, ckpt, replace, *vals):
+        def start(folder, ckpt, replace, prompts_text, every_n, *vals):
             values = form_values(*vals)
             snap = job.snapshot()
             if snap.running:
@@ -263,13 +270,15 @@ def build_ui(host, job=None):
                 config = actions.config_from_form(values, checkpoint=host.checkpoint_path(ckpt), dataset_dir=folder,
                                                   output_dir=str(host.lora_dir))
                 config.logging_dir = str(host.data_dir / "logs")
+                config.sample_prompts, config.sample_every_n_steps = actions.sample_prompt_file(
+                    prompts_text, every_n, host.data_dir, config.output_name)
                 job.start(config, explicit=set(actions.FORM_FIELDS), before=host.before_training, after=host.after_training,
                           extra_sinks=host.progress_sinks())
             except InstantLoraError as e:
                 return _message(e)
             return f"Started **{config.output_name}**."
 
-        start_btn.click(start, [dataset_dir, checkpoint, overwrite] + field_inputs, [train_msg])
+        start_btn.click(start, [dataset_dir, checkpoint, overwrite, sample_text, sample_every] + field_inputs, [train_msg])
 
         def cancel():
             return "Cancelling: stopping after the current step and saving." if job.cancel() else "Nothing is running."

@@ -1,6 +1,7 @@
 """Training speed and peak memory, with and without latent / text-encoder caching.
 
-CPU (default): a mid-size SD-shaped model (3-level UNet, 128-256 channels, 4-layer text encoder)
+CPU (default): a mid-size SD-shaped model (3-level UNet, 128-256 channels, 4-layer text encoder,
+4-level VAE with 64-256 channels)
 at 256 px, each mode in its own process so peak RSS is per mode. Modes run back to back in one
 invocation, so their ratios are comparable even on a noisy shared machine.
 
@@ -64,7 +65,7 @@ def run_mode(name: str, cuda: bool, steps: int, warmup: int) -> dict:
     import torch
 
     from instant_lora.config import TrainConfig
-    from instant_lora.tiny import MID_TEXT, MID_UNET, build_tiny_sd
+    from instant_lora.tiny import MID_TEXT, MID_UNET, MID_VAE, build_tiny_sd
     from instant_lora.train.events import Step
     from instant_lora.train.loop import train
 
@@ -77,7 +78,7 @@ def run_mode(name: str, cuda: bool, steps: int, warmup: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = make_dataset(Path(tmp) / "data", 8, size)
-        model = sd15_random_model() if cuda else build_tiny_sd(0, unet=MID_UNET, text=MID_TEXT)
+        model = sd15_random_model() if cuda else build_tiny_sd(0, unet=MID_UNET, text=MID_TEXT, vae=MID_VAE)
         config = TrainConfig(pretrained_model_name_or_path="random", train_data_dir=str(data), output_dir=str(Path(tmp) / "out"),
                              resolution=f"{size},{size}", network_dim=16, network_alpha=16.0, learning_rate=1e-4,
                              max_train_steps=steps + warmup, seed=0, mixed_precision="fp16" if cuda else "no",

@@ -90,7 +90,7 @@ def page(app):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         pg = browser.new_page(viewport={"width": 1280, "height": 1600})
-        pg.set_default_timeout(60_000)
+        pg.set_default_timeout(180_000)
         pg.goto(app["url"])
         pg.wait_for_selector("#il_start")
         yield pg

@@ -32,6 +32,7 @@ MID_UNET = dict(TINY_UNET, block_out_channels=(128, 256, 256), layers_per_block=
                 attention_head_dim=8, sample_size=32,
                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+MID_VAE = dict(TINY_VAE, block_out_channels=(64, 128, 256, 256), layers_per_block=2)
 MID_TEXT = dict(TINY_TEXT, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8, projection_dim=256)
 
 

@@ -9,7 +9,7 @@ Only the touched modules are copied (192 UNet + 72 text-encoder weights for a de
 
 Why merging rather than peft adapters: a merged LoRA costs nothing per denoising step, while an
 adapter adds two matmuls per module to every UNet call; merging is also the WebUI's own method
-and works the same under the WebUI's libraries. Figures: benchmarks/RESULTS-apply.md.
+and works the same under the WebUI's libraries. Figures: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -125,8 +125,16 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     (imgs / "notes.pdf").write_text("not an image")
 
     open_accordion(page, "il_upload_section")
-    page.set_input_files("#il_uploads input[type=file]", [str(imgs / n) for n in ("red.png", "blue.png", "red.txt", "notes.pdf")])
-    wait_text(page, "il_uploads", "notes.pdf")  # the upload reached the server
+    page.wait_for_selector("#il_uploads", state="visible")
+    files = [str(imgs / n) for n in ("red.png", "blue.png", "red.txt", "notes.pdf")]
+    for attempt in range(3):  # the file input can miss a change event while the accordion still animates
+        page.set_input_files("#il_uploads input[type=file]", files)
+        try:
+            wait_text(page, "il_uploads", "notes.pdf", timeout=30)  # the upload reached the server
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     fill(page, "il_upload_name", "shapes")
     page.locator("#il_upload_btn").click()
     wait_text(page, "il_dataset_msg", "added 2 image(s)")
@@ -161,9 +169,11 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
 
     fill(page, "il_output_name", "ui_lora")
     fill(page, "il_trigger_words", "shpz")
-    fill(page, "il_max_train_epochs", "1")
+    fill(page, "il_max_train_epochs", "2")
+    open_accordion(page, "il_advanced")
+    fill(page, "il_save_every_n_epochs", "1")
     fill(page, "il_resolution", "64,64")
-    wait_text(page, "il_plan", "20 steps", timeout=60)
+    wait_text(page, "il_plan", "40 steps", timeout=60)
     fill(page, "il_sample_prompts", "shpz, red square --s 2")
     fill(page, "il_sample_every", "10")
     page.locator("#il_section_model").screenshot(path=str(SHOTS / "2-model.png"))
@@ -172,9 +182,9 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     wait_text(page, "il_train_msg", "Started")
     wait_done(page)
     assert page.get_attribute("#il_progress [data-state]", "data-state") == "finished", page.inner_text("#il_result")
-    assert "step 20 / 20" in page.inner_text("#il_progress").replace("\n", " ")
+    assert "step 40 / 40" in page.inner_text("#il_progress").replace("\n", " ")
     page.wait_for_selector("#il_loss_chart svg")
-    page.wait_for_function("() => document.querySelectorAll('#il_samples img').length >= 2")  # steps 10 and 20
+    page.wait_for_function("() => document.querySelectorAll('#il_samples img').length >= 4")  # steps 10, 20, 30, 40
     page.locator("#il_section_train").screenshot(path=str(SHOTS / "3-train.png"))
     wait_text(page, "il_result", "ui_lora.safetensors")
     tag = page.locator("#il_result_tag textarea, #il_result_tag input").first.input_value()
@@ -184,6 +194,39 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     assert (app["base"] / "loras" / "ui_lora.safetensors").is_file()
     assert (app["base"] / "loras" / "ui_lora.json").is_file()
     assert not list((app["base"] / "loras").glob("*.txt"))  # no caption files in the Lora folder
+
+
+def test_test_panel_grid_and_preview(app, page):
+    """A 2 x 2 grid (rows: epoch 1 and final; columns: weights 0 and 1) and a picked cell as preview."""
+    page.locator("#il_open_test").click()
+    page.wait_for_selector("#il_grid_btn", state="visible")
+    assert page.locator("#il_grid_run textarea, #il_grid_run input").first.input_value() == "ui_lora"
+    assert page.locator("#il_test_prompt textarea").first.input_value().startswith("<lora:ui_lora:0.8>")
+    for elem, value in (("il_test_steps", "2"), ("il_test_width", "64"), ("il_test_height", "64"), ("il_test_seed", "3"),
+                        ("il_grid_weights", "0, 1")):
+        fill(page, elem, value)
+    page.locator("#il_generate").click()
+    wait_text(page, "il_test_msg", "seed 3")
+    page.locator("#il_grid_btn").click()
+    wait_text(page, "il_grid_msg", "2 x 2 grid")
+    page.wait_for_selector("#il_grid_image img")
+    grids = list((app["base"] / "data" / "grids").glob("ui_lora-grid-*.png"))
+    assert len(grids) == 1
+    from PIL import Image
+
+    info = Image.open(grids[0]).info["parameters"]
+    assert "ui_lora" in info and "Seed: 3" in info and "Grid weights: \"0, 1\"" in info
+    dropdown = page.locator("#il_grid_cell input").first
+    dropdown.click()
+    page.locator("ul[role=listbox] li, .options li").filter(has_text="final @ w=1").first.click()
+    page.locator("#il_use_preview").click()
+    wait_text(page, "il_grid_msg", "preview")
+    loras = app["base"] / "loras"
+    assert (loras / "ui_lora.preview.png").is_file()
+    import json
+
+    assert json.loads((loras / "ui_lora.json").read_text())["preferred weight"] == 1.0
+    page.locator("#il_test_panel").screenshot(path=str(SHOTS / "5-test.png"))
 
 
 def test_existing_name_and_bad_names_are_refused(app, page):

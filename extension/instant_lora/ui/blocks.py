@@ -142,9 +142,43 @@ def build_ui(host, job=None):
             result_md = gr.Markdown(elem_id="il_result")
             result_tag = copyable_textbox(gr, label="Use it in a prompt", interactive=False, elem_id="il_result_tag")
             test_btn = gr.Button("Open the test panel", elem_id="il_open_test")
-            test_md = gr.Markdown(visible=False, elem_id="il_test_panel")
             if hasattr(host, "extend_ui"):  # a host's own controls here (the WebUI: "Send to txt2img")
                 host.extend_ui(gr, demo, job)
+
+        # ---- 5. Test ------------------------------------------------------------------------
+        from ..sample.settings import SAMPLERS
+
+        with gr.Column(visible=False, elem_id="il_test_panel") as test_panel:
+            gr.Markdown("### 5. Test\nGenerate with the base model and `<lora:name:w>` tags, or a grid of the run's saved "
+                        "epochs (rows) x weights (columns) at one seed. Weight 0 is the base model.")
+            with gr.Row():
+                test_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="il_test_prompt", scale=3,
+                                         info="Use <lora:name:weight> tags; several are fine.")
+                test_negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="il_test_negative", scale=2,
+                                           info="What to keep out of the image.")
+            with gr.Row():
+                test_sampler = gr.Dropdown(choices=list(SAMPLERS), value=SAMPLERS[0], label="Sampler", elem_id="il_test_sampler",
+                                           info="Euler a is quick; DPM++ 2M Karras is sharper at few steps.")
+                test_steps = gr.Number(value=20, precision=0, label="Steps", elem_id="il_test_steps", info="Denoising steps (20-30).")
+                test_cfg = gr.Number(value=7, label="CFG scale", elem_id="il_test_cfg", info="How strictly to follow the prompt (5-9).")
+                test_seed = gr.Number(value=-1, precision=0, label="Seed", elem_id="il_test_seed", info="-1 = random.")
+                test_width = gr.Number(value=512, precision=0, label="Width", elem_id="il_test_width", info="Multiple of 8.")
+                test_height = gr.Number(value=512, precision=0, label="Height", elem_id="il_test_height", info="Multiple of 8.")
+            generate_btn = gr.Button("Generate", elem_id="il_generate")
+            test_image = gr.Image(label="Image", type="pil", elem_id="il_test_image", interactive=False)
+            test_msg = gr.Markdown(elem_id="il_test_msg")
+            with gr.Row():
+                grid_run = gr.Textbox(label="Run", elem_id="il_grid_run", info="The output name whose saved epochs form the rows.")
+                grid_weights = gr.Textbox(value="0, 0.4, 0.7, 1", label="Weights", elem_id="il_grid_weights",
+                                          info="The columns; 0 shows the base model.")
+            grid_btn = gr.Button("Generate grid", elem_id="il_grid_btn")
+            grid_image = gr.Image(label="Grid (click a cell to pick it)", type="pil", elem_id="il_grid_image", interactive=False)
+            grid_state = gr.State(None)
+            with gr.Row():
+                grid_cell = gr.Dropdown(choices=[], label="Cell", elem_id="il_grid_cell",
+                                        info="The picked cell becomes the LoRA's preview and its weight the preferred weight.")
+                preview_btn = gr.Button("Use as preview", elem_id="il_use_preview")
+            grid_msg = gr.Markdown(elem_id="il_grid_msg")
 
         # ---- wiring ---------------------------------------------------------------------------
         field_names = list(fields)
@@ -294,8 +328,52 @@ def build_ui(host, job=None):
         every(gr, demo, poll, [progress, loss_chart, samples, log, result_md, result_tag], 1.0)
         demo.load(poll, None, [progress, loss_chart, samples, log, result_md, result_tag])
 
-        def open_test():
-            return gr.update(visible=True, value="The test panel (weights x epochs grid) opens here.")
+        from . import testing
 
-        test_btn.click(open_test, None, [test_md])
+        def open_test(tag):
+            snap = job.snapshot()
+            run = Path(snap.result_path).stem if snap.result_path else ""
+            run = run.split("-step")[0] if run else ""
+            return gr.update(visible=True), gr.update(value=tag or ""), gr.update(value=run)
+
+        test_btn.click(open_test, [result_tag], [test_panel, test_prompt, grid_run])
+        settings_inputs = [test_negative, test_sampler, test_steps, test_cfg, test_width, test_height]
+
+        def do_generate(ckpt, prompt, seed, *settings):
+            try:
+                image, used = testing.generate_image(job, host.checkpoint_path(ckpt), host.lora_dir, prompt, seed,
+                                                     testing.settings_from(*settings))
+            except InstantLoraError as e:
+                return None, _message(e)
+            return image, f"seed {used}"
+
+        generate_btn.click(do_generate, [checkpoint, test_prompt, test_seed] + settings_inputs, [test_image, test_msg])
+
+        def do_grid(ckpt, run, prompt, weights, seed, *settings):
+            try:
+                grid = testing.generate_grid(job, host.checkpoint_path(ckpt), host.lora_dir, run.strip(), prompt, weights, seed,
+                                             testing.settings_from(*settings), host.data_dir / "grids")
+            except InstantLoraError as e:
+                return None, None, gr.update(choices=[]), _message(e)
+            labels = testing.cell_labels(grid)
+            return grid.image, grid, gr.update(choices=labels, value=None), f"{len(grid.rows)} x {len(grid.weights)} grid"
+
+        grid_btn.click(do_grid, [checkpoint, grid_run, test_prompt, grid_weights, test_seed] + settings_inputs,
+                       [grid_image, grid_state, grid_cell, grid_msg])
+
+        def click_cell(grid, evt: gr.SelectData):
+            if grid is None or evt.index is None:
+                return gr.update()
+            hit = grid.layout.cell_at(int(evt.index[0]), int(evt.index[1]))
+            return gr.update(value=testing.cell_labels(grid)[hit[0] * len(grid.weights) + hit[1]]) if hit else gr.update()
+
+        grid_image.select(click_cell, [grid_state], [grid_cell])
+
+        def do_preview(grid, label):
+            try:
+                return testing.choose_cell(grid, label)
+            except InstantLoraError as e:
+                return _message(e)
+
+        preview_btn.click(do_preview, [grid_state, grid_cell], [grid_msg])
     return demo

@@ -183,6 +183,9 @@ def _looks_like_path(s: str) -> bool:
 
 def load_sd_model(source: str | Path, *, config_dir: Path | str | None = None) -> SDModel:
     """The base model from a checkpoint file, a diffusers folder, or (online) a hub id like 'org/name'."""
+    from .heavy_imports import import_sd_libraries
+
+    import_sd_libraries()
     s = str(source)
     path = Path(s).expanduser()
     if path.is_file():

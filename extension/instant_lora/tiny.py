@@ -37,6 +37,9 @@ MID_TEXT = dict(TINY_TEXT, hidden_size=256, intermediate_size=1024, num_hidden_l
 
 
 def build_tiny_sd(seed: int = 0, unet: dict | None = None, text: dict | None = None, vae: dict | None = None) -> SDModel:
+    from .heavy_imports import import_sd_libraries
+
+    import_sd_libraries()
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

@@ -421,6 +421,9 @@ class Run:
 
 def train(config, *, explicit=frozenset(), model=None, sinks=(), control: TrainControl | None = None) -> TrainResult:
     """Run a whole training. Raises InstantLoraError for anything the user can fix."""
+    from ..heavy_imports import import_sd_libraries
+
+    import_sd_libraries()
     run = Run(config, explicit=explicit, model=model, sinks=sinks, control=control)
     try:
         run.prepare()

@@ -184,6 +184,9 @@ def import_uploads(files, data_dir: str | Path, dataset_name: str, repeats: int)
 @lru_cache(maxsize=32)
 def lora_parameter_count(rank: int, preset: str, train_text_encoder: bool) -> tuple[int, int]:
     """(trainable, base) parameters for SD1.5 at this rank, from its config without loading weights."""
+    from ..heavy_imports import import_sd_libraries
+
+    import_sd_libraries()
     import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

@@ -160,7 +160,11 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     fill(page, "il_clip_model", f"local-dir:{clip.local_dir}")
     fill(page, "il_clip_pretrained", "")
     page.locator("#il_autocaption_btn").click()
-    wait_text(page, "il_caption_status", "1", timeout=180)
+    try:
+        wait_text(page, "il_caption_status", "written", timeout=300)
+    except Exception:
+        pytest.fail("auto-caption did not finish: " + page.inner_text("#il_section_dataset")[-1500:]
+                    + "\napp log:\n" + (app["base"] / "app.log").read_text()[-3000:])
     captioned = [p for p in dataset.glob("*.txt")]
     assert len(captioned) == 2, page.inner_text("#il_caption_status")
     if before is not None:

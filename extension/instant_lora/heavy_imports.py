@@ -10,6 +10,7 @@ import threading
 
 _lock = threading.Lock()
 _done = False
+_clip_done = False
 
 
 def import_sd_libraries() -> None:
@@ -24,3 +25,15 @@ def import_sd_libraries() -> None:
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: F401
 
         _done = True
+
+
+def import_clip_library() -> None:
+    """open_clip (which imports timm and transformers), under the same lock."""
+    global _clip_done
+    if _clip_done:
+        return
+    with _lock:
+        if not _clip_done:
+            import open_clip  # noqa: F401
+
+            _clip_done = True

@@ -265,10 +265,12 @@ def caption_folder(folder, options: Optional[CaptionOptions] = None,
     are skipped and listed in the report. The CLIP model is freed afterwards unless
     `options.keep_model_loaded`. Raises InstantLoraError for problems the user must fix.
     """
+    from ..heavy_imports import import_clip_library
     from .clip_model import free_clip_model
 
     options = options or CaptionOptions()
     options.validate()
+    import_clip_library()  # not concurrently with another thread's first diffusers/transformers import
     if options.prefix:
         from .compose import count_tokens
 

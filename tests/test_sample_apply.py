@@ -11,7 +11,7 @@ from test_sample_support import assert_bit_identical, model_state, random_lora_s
 from instant_lora.errors import InstantLoraError
 from instant_lora.lora.kohya_file import merge_deltas
 from instant_lora.sample.apply import LoraMerger
-from instant_lora.sample.library import LoraLibrary
+from instant_lora.sample.lora_files import LoraLibrary
 from instant_lora.tiny import build_tiny_sd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_library_errors(tmp_path):
 
 def test_light_modules_do_not_import_torch():
     code = ("import sys; sys.path.insert(0, 'extension'); import instant_lora.sample, instant_lora.sample.grid, "
-            "instant_lora.sample.infotext, instant_lora.sample.library, instant_lora.sample.generate, "
+            "instant_lora.sample.infotext, instant_lora.sample.lora_files, instant_lora.sample.generate, "
             "instant_lora.sample.apply, instant_lora.generate_cli; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

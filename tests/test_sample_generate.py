@@ -14,7 +14,7 @@ from instant_lora.errors import InstantLoraError
 from instant_lora.generate_cli import run_generate
 from instant_lora.sample.generate import DiffusersRenderer, generate_tensor, make_scheduler, place_model, sample_images
 from instant_lora.sample.infotext import parse_infotext
-from instant_lora.sample.library import LoraLibrary
+from instant_lora.sample.lora_files import LoraLibrary
 from instant_lora.sample.settings import SAMPLERS, GenerationSettings
 from instant_lora.tiny import build_tiny_sd
 
@@ -92,7 +92,7 @@ def _merged_image(lora_dir, name, seed, settings):
     render = DiffusersRenderer(model, lora_dir)
     text, loras = render.resolve(f"{PROMPT} <lora:{name}:1>")
     with render.merger as merger:
-        merger.apply(render.library.load(loras[0][0]), 1.0)
+        merger.apply(render.loras.load(loras[0][0]), 1.0)
         return generate_tensor(model, text, seed, settings).numpy()
 
 

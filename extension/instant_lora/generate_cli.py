@@ -92,7 +92,7 @@ def _grid(renderer, args, settings, seed: int, out: Path) -> Path:
     name = args.grid_lora or (tags[0].name if tags else None)
     if not name:
         raise InstantLoraError("--grid needs a LoRA: put its tag in the prompt, e.g. \"<lora:my_style:1> a cat\", or pass --grid_lora")
-    entry = renderer.library.find(name)
+    entry = renderer.loras.find(name)
     run = entry.alias or entry.name
     try:
         rows = run_rows(entry.path.parent, run)
@@ -117,7 +117,7 @@ def _generate(args) -> Path:
     from .sample.generate import DiffusersRenderer, pick_device, place_model, resolve_prompt
     from .sample.grid import set_preview
     from .sample.infotext import save_png
-    from .sample.library import LoraLibrary
+    from .sample.lora_files import LoraLibrary
     from .sample.settings import GenerationSettings
     from .sample.tags import parse_prompt
 

@@ -180,15 +180,15 @@ class DiffusersRenderer:
 
     def __init__(self, model, lora_dir: Path | str | None = None, *, library=None, backup_device=None):
         from .apply import LoraMerger
-        from .library import LoraLibrary
+        from .lora_files import LoraLibrary
 
         self.model = model
-        self.library = library if library is not None else (LoraLibrary(lora_dir) if lora_dir else None)
+        self.loras = library if library is not None else (LoraLibrary(lora_dir) if lora_dir else None)
         self.merger = LoraMerger(model.unet, model.text_encoder, backup_device=backup_device)
         self._lock = threading.Lock()
 
     def resolve(self, prompt_with_tags: str):
-        return resolve_prompt(prompt_with_tags, self.library)
+        return resolve_prompt(prompt_with_tags, self.loras)
 
     def infotext(self, prompt_with_tags: str, seed: int, settings: GenerationSettings) -> str:
         from .infotext import format_infotext
@@ -201,7 +201,7 @@ class DiffusersRenderer:
         with self._lock:
             try:
                 for entry, tag in loras:
-                    self.merger.apply(self.library.load(entry), unet_weight=tag.unet_weight, te_weight=tag.te_weight,
+                    self.merger.apply(self.loras.load(entry), unet_weight=tag.unet_weight, te_weight=tag.te_weight,
                                       source=entry.path.name)
                 pixels = generate_tensor(self.model, text, seed, settings, progress)
             finally:

@@ -40,7 +40,7 @@ def _int_or_none(text) -> int | None:
 
 def run_rows(folder: Path | str, run_name: str) -> list[GridRow]:
     """The saved files of run `run_name` in `folder`, in training order, the final file last."""
-    from .library import read_metadata
+    from .lora_files import read_metadata
 
     folder = Path(folder)
     rows = []

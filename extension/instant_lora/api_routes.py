@@ -1,0 +1,231 @@
+"""REST routes on the WebUI's FastAPI app (registered from on_app_started), under /instant-lora/v1:
+
+    POST /instant-lora/v1/train      start a training from a JSON config (TrainConfig keys, plus
+                                     "checkpoint": a WebUI checkpoint title, "preset": a preset name,
+                                     "overwrite": replace an existing LoRA of that name)
+    GET  /instant-lora/v1/progress   the running (or last) job: state, step, loss, ETA, files, log
+    POST /instant-lora/v1/cancel     stop after the current step and save
+    GET  /instant-lora/v1/loras      LoRAs in the WebUI's Lora folder trained here (?all=true: all)
+    GET  /instant-lora/v1/checkpoints  the WebUI's checkpoints and the default one
+
+The LoRA always goes to the WebUI's Lora folder. When the WebUI runs with --api-auth, these routes
+ask for the same credentials. The handlers are plain functions (`start_training`, `progress`, ...)
+so they are tested without a server. (No `from __future__ import annotations` here: FastAPI reads the
+route functions' annotations at runtime.)
+"""
+
+import json
+import secrets
+import struct
+from pathlib import Path
+
+from .errors import InstantLoraError
+
+PREFIX = "/instant-lora/v1"
+HOST_SET_KEYS = ("output_dir", "logging_dir", "lora_dir", "webui_dir")
+OUR_MARK = "instant-lora-"  # ss_sd_scripts_commit_hash of files trained here
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(e: InstantLoraError) -> str:
+    return e.message + (f" ({e.hint})" if e.hint else "")
+
+
+def build_config(host, payload: dict):
+    """(TrainConfig, explicit keys) for a request body; ApiError(4xx) when it cannot run."""
+    from .config import FIELDS, TrainConfig, is_safe_name
+    from .presets import list_presets, load_preset
+    from .ui.actions import output_name_problem
+
+    if not isinstance(payload, dict):
+        raise ApiError(400, "the body must be a JSON object of training settings")
+    payload = dict(payload)
+    checkpoint = payload.pop("checkpoint", None)
+    preset = payload.pop("preset", None)
+    overwrite = bool(payload.pop("overwrite", False))
+    fixed = [k for k in HOST_SET_KEYS if k in payload]
+    if fixed:
+        raise ApiError(400, f"{', '.join(fixed)} cannot be set here: LoRAs go to the WebUI's Lora folder {host.lora_dir}")
+    values: dict = {}
+    if preset:
+        presets = list_presets(host.data_dir / "presets")
+        if preset not in presets:
+            raise ApiError(400, f"unknown preset '{preset}'; presets: {', '.join(presets)}")
+        try:
+            values.update(load_preset(presets[preset])[0])
+        except InstantLoraError as e:
+            raise ApiError(400, _error(e)) from e
+    values.update(payload)
+    if not values.get("output_name"):
+        raise ApiError(400, "output_name is required: the LoRA's file name, e.g. my_style")
+    if not is_safe_name(str(values["output_name"])):
+        raise ApiError(422, f"output_name '{values['output_name']}' must be a plain file name (no folders, no ..), e.g. my_style")
+    if not values.get("train_data_dir"):
+        raise ApiError(400, "train_data_dir is required: a folder on the WebUI's machine with the training images")
+    if not Path(str(values["train_data_dir"])).expanduser().is_dir():
+        raise ApiError(400, f"train_data_dir {values['train_data_dir']} is not a folder on the WebUI's machine")
+    if not values.get("pretrained_model_name_or_path"):
+        label = checkpoint or host.default_checkpoint()
+        if not label:
+            raise ApiError(400, "no checkpoint: pass \"checkpoint\" (a title from GET /instant-lora/v1/checkpoints)")
+        values["pretrained_model_name_or_path"] = host.checkpoint_path(label)
+    prompts, every = host.sample_defaults() if hasattr(host, "sample_defaults") else ("", 0)
+    wants_samples = any(k.startswith("sample_") for k in payload)
+    if prompts.strip() and every > 0 and not wants_samples and "sample_prompts" in FIELDS:
+        from .lora.kohya_file import atomic_write_bytes
+
+        path = host.data_dir / "prompts" / f"{values['output_name']}.txt"
+        atomic_write_bytes(path, (prompts.strip() + "\n").encode("utf-8"))
+        values.update(sample_prompts=str(path), sample_every_n_steps=every)
+    values.update(output_dir=str(host.lora_dir), logging_dir=str(host.data_dir / "logs"))
+    try:
+        config = TrainConfig.from_dict(values, source="request")
+        config.check()
+    except InstantLoraError as e:
+        raise ApiError(422, _error(e)) from e
+    problem = output_name_problem(config.output_name, host.lora_dir, overwrite)
+    if problem:
+        exists = "already exists" in problem
+        raise ApiError(409 if exists else 400, problem + (' (or pass "overwrite": true)' if exists else ""))
+    return config, set(values)
+
+
+def start_training(host, job, payload: dict) -> dict:
+    snap = job.snapshot()
+    if snap.running:
+        raise ApiError(409, f"a training is already running: '{snap.name}' at step {snap.step}/{snap.total}")
+    config, explicit = build_config(host, payload)
+    try:
+        job.start(config, explicit=explicit, before=host.before_training, after=host.after_training,
+                  extra_sinks=host.progress_sinks())
+    except InstantLoraError as e:
+        raise ApiError(409, _error(e)) from e
+    return {"started": config.output_name, "output": str(Path(host.lora_dir) / f"{config.output_name}.safetensors")}
+
+
+def progress(job) -> dict:
+    from .ui.actions import result_markdown
+
+    snap = job.snapshot()
+    _, prompt = result_markdown(snap, trigger_words=snap.trigger_words)
+    return {"state": snap.state, "name": snap.name, "step": snap.step, "total": snap.total, "epoch": snap.epoch,
+            "loss": snap.loss, "avg_loss": snap.avg_loss, "lr": snap.lr, "seconds": round(snap.seconds, 2),
+            "it_per_s": round(snap.it_per_s, 4), "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1),
+            "saved": snap.saved, "result_path": snap.result_path, "prompt": prompt or None, "error": snap.error,
+            "samples": [{"caption": c, "path": p} for c, p in snap.samples], "log": snap.log[-20:]}
+
+
+def cancel(job) -> dict:
+    return {"cancelled": job.cancel()}
+
+
+def read_metadata(path: Path) -> dict:
+    """The safetensors header's __metadata__, read without loading tensors (or {})."""
+    try:
+        with open(path, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            if size > 100 * 2**20:
+                return {}
+            return dict(json.loads(f.read(size)).get("__metadata__") or {})
+    except (OSError, ValueError, struct.error):
+        return {}
+
+
+def list_loras(host, include_all: bool = False) -> list[dict]:
+    out = []
+    for path in host.lora_files():
+        meta = read_metadata(path)
+        ours = str(meta.get("ss_sd_scripts_commit_hash", "")).startswith(OUR_MARK)
+        if not ours and not include_all:
+            continue
+        side = {}
+        sidecar = path.with_suffix(".json")
+        if sidecar.is_file():
+            try:
+                side = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                side = {}
+        words = str(side.get("activation text", "") or "")
+        weight = side.get("preferred weight") or 0.8
+        preview = path.with_name(path.stem + ".preview.png")
+        stat = path.stat()
+        out.append({"name": path.stem, "path": str(path), "size_mb": round(stat.st_size / 2**20, 2), "modified": stat.st_mtime,
+                    "trained_here": ours, "base_model": meta.get("ss_base_model_version"),
+                    "sd_version": side.get("sd version"), "activation_text": words, "preferred_weight": weight,
+                    "preview": str(preview) if preview.is_file() else None,
+                    "prompt": f"<lora:{path.stem}:{weight:g}>" + (f" {words}" if words else "")})
+    return out
+
+
+def checkpoints(host) -> dict:
+    return {"checkpoints": host.list_checkpoints(), "default": host.default_checkpoint()}
+
+
+def _credentials(host) -> dict:
+    """--api-auth "user:pass,user2:pass2" as the WebUI's own API reads it."""
+    raw = getattr(getattr(host, "shared", None) and host.shared.cmd_opts, "api_auth", None)
+    if not raw:
+        return {}
+    pairs = (item.split(":", 1) for item in str(raw).strip('"').replace("\n", "").split(",") if ":" in item)
+    return {user: password for user, password in pairs}
+
+
+def register(app, host, job) -> bool:
+    """Add the routes to a FastAPI app (once per app). Returns False when they are already there."""
+    from fastapi import Depends, HTTPException, Request
+    from fastapi.responses import JSONResponse
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    if any(getattr(r, "path", "") == f"{PREFIX}/progress" for r in app.routes):
+        return False
+    basic = HTTPBasic(auto_error=False)
+
+    def auth(credentials: HTTPBasicCredentials = Depends(basic)):
+        users = _credentials(host)
+        if not users:
+            return True
+        if credentials is not None and credentials.username in users and secrets.compare_digest(
+                credentials.password.encode(), users[credentials.username].encode()):
+            return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+    deps = [Depends(auth)]
+
+    def fail(e: ApiError):
+        return JSONResponse(status_code=e.status, content={"error": e.message})
+
+    async def train_route(request: Request):
+        try:
+            payload = await request.json()
+        except ValueError:
+            return fail(ApiError(400, "the body is not JSON"))
+        try:
+            return start_training(host, job, payload)
+        except ApiError as e:
+            return fail(e)
+
+    def progress_route():
+        return progress(job)
+
+    def cancel_route():
+        return cancel(job)
+
+    def loras_route(all: bool = False):  # noqa: A002 -- the query parameter's name
+        return {"loras": list_loras(host, include_all=all)}
+
+    def checkpoints_route():
+        return checkpoints(host)
+
+    tags = ["Instant LoRA"]
+    app.add_api_route(f"{PREFIX}/train", train_route, methods=["POST"], dependencies=deps, tags=tags)
+    app.add_api_route(f"{PREFIX}/progress", progress_route, methods=["GET"], dependencies=deps, tags=tags)
+    app.add_api_route(f"{PREFIX}/cancel", cancel_route, methods=["POST"], dependencies=deps, tags=tags)
+    app.add_api_route(f"{PREFIX}/loras", loras_route, methods=["GET"], dependencies=deps, tags=tags)
+    app.add_api_route(f"{PREFIX}/checkpoints", checkpoints_route, methods=["GET"], dependencies=deps, tags=tags)
+    return True

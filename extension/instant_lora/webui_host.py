@@ -1,0 +1,421 @@
+"""Instant LoRA inside the AUTOMATIC1111 WebUI or WebUI Forge: the Host the tab and the REST routes
+use there, the settings section, the tab itself, and stopping the worker on a UI reload.
+
+What differs from the standalone app (`host.Host`):
+- checkpoints are the WebUI's own list (`sd_models.checkpoints_list`), the loaded one first;
+- LoRAs go to the Lora extension's folder (`cmd_opts.lora_dir`, else `<models>/Lora`);
+- around a training: wait for a running generation and hold the WebUI's queue lock (txt2img waits,
+  as with the WebUI's own Train tab), show the job in `shared.state`, and move the WebUI's model
+  off the GPU and back (A1111: `unload_model_weights` / `send_model_to_device`; Forge: its memory
+  manager frees the model and the next generation loads it again); all undone after success,
+  failure and cancel;
+- the Interrupt button (`shared.state.interrupted`, also `/sdapi/v1/interrupt`) cancels the run at
+  the next step.
+
+Imports of the WebUI's `modules` happen when a WebUIHost is made (inside the WebUI), never at import.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import importlib.util
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .errors import InstantLoraError
+from .host import Host
+
+TAB_TITLE = "Instant LoRA"
+TAB_ID = "instant_lora"  # the WebUI makes it elem_id "tab_instant_lora"
+SECTION = ("instant_lora", "Instant LoRA")
+OPT_PRESET = "instant_lora_default_preset"
+OPT_KEEP_ON_GPU = "instant_lora_keep_model_on_gpu"
+OPT_SAMPLE_PROMPTS = "instant_lora_sample_prompts"
+OPT_SAMPLE_EVERY = "instant_lora_sample_every_n_steps"
+LOCK_POLL_S = 0.2
+
+
+def detect_flavor() -> tuple[str, object]:
+    """("forge", its memory-management module or None) on WebUI Forge, ("a1111", None) otherwise.
+    Forge ships the `modules_forge` package; its memory manager is `backend.memory_management`
+    (Forge 2) or `ldm_patched.modules.model_management` (Forge before August 2024)."""
+    if importlib.util.find_spec("modules_forge") is None:
+        return "a1111", None
+    for name in ("backend.memory_management", "ldm_patched.modules.model_management"):
+        try:
+            module = importlib.import_module(name)
+        except Exception:
+            continue
+        if hasattr(module, "unload_all_models"):
+            return "forge", module
+    return "forge", None
+
+
+def _opt(name: str, default=None):
+    from modules import shared
+
+    try:
+        value = getattr(shared.opts, name)
+    except Exception:
+        return default
+    return default if value is None else value
+
+
+class WebUIHost(Host):
+    """The WebUI's folders, checkpoints, VRAM hand-off and progress; see the module docstring."""
+
+    def __init__(self, job=None):
+        from modules import paths, sd_models, shared
+
+        self.shared, self.sd_models, self.paths = shared, sd_models, paths
+        self.flavor, self.memory = detect_flavor()
+        self.name = "forge" if self.flavor == "forge" else "webui"
+        self.webui_root = Path(paths.script_path)
+        self.data_dir = Path(getattr(paths, "data_path", paths.script_path)) / "instant_lora"
+        self._job = job
+        self._listed_once = False
+        self._reset_handoff()
+
+    def _reset_handoff(self):
+        self._active = False  # past the queue lock: the trainer may have used the GPU
+        self._lock = None  # the WebUI's queue lock while we hold it
+        self._state_begun = False
+        self._moved_model = None  # A1111: the model we sent to the CPU
+        self._forge_unloaded = False
+
+    @property
+    def job(self):
+        if self._job is not None:
+            return self._job
+        from .jobs import current_job
+
+        return current_job()
+
+    # ---- folders ---------------------------------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.paths.models_path) / "Stable-diffusion"
+
+    @property
+    def lora_dir(self) -> Path:
+        """The Lora extension's folder (its preload adds --lora-dir), else <models>/Lora."""
+        configured = getattr(self.shared.cmd_opts, "lora_dir", None)
+        return Path(configured) if configured else Path(self.paths.models_path) / "Lora"
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _titles(self) -> list[str]:
+        sd = self.sd_models
+        try:
+            tiles = getattr(sd, "checkpoint_tiles", None)
+            return list(tiles()) if tiles else list(sd.checkpoints_list)
+        except Exception:
+            return list(getattr(sd, "checkpoints_list", {}) or {})
+
+    def list_checkpoints(self) -> list[str]:
+        """The WebUI's checkpoint titles. The first call (building the tab) uses the WebUI's list as
+        it is; later calls (the Refresh button) rescan the folders as the WebUI's own refresh does."""
+        if self._listed_once:
+            try:
+                self.sd_models.list_models()
+            except Exception as e:
+                print(f"[Instant LoRA] could not rescan the checkpoints: {e}", file=sys.stderr)
+        self._listed_once = True
+        return self._titles()
+
+    def loaded_checkpoint(self) -> str | None:
+        """Title of the checkpoint the WebUI has loaded, without loading one (shared.sd_model would)."""
+        model = getattr(getattr(self.sd_models, "model_data", None), "sd_model", None)
+        info = getattr(model, "sd_checkpoint_info", None)
+        return getattr(info, "title", None)
+
+    def default_checkpoint(self) -> str | None:
+        titles = self._titles()
+        loaded = self.loaded_checkpoint()
+        if loaded in titles:
+            return loaded
+        wanted = _opt("sd_model_checkpoint")
+        if wanted:
+            match = self._match(wanted)
+            if match is not None and match.title in titles:
+                return match.title
+        return titles[0] if titles else None
+
+    def _match(self, label: str):
+        info = (getattr(self.sd_models, "checkpoints_list", {}) or {}).get(label)
+        if info is None:
+            try:
+                info = self.sd_models.get_closet_checkpoint_match(label)
+            except Exception:
+                info = None
+        return info
+
+    def checkpoint_path(self, label: str) -> str:
+        info = self._match(label) if label else None
+        return info.filename if info is not None else super().checkpoint_path(label)
+
+    # ---- around a training -------------------------------------------------------------------
+    def before_training(self) -> None:
+        """Runs in the worker before the trainer loads anything. Waits for a running generation,
+        then holds the queue lock, begins the job in shared.state and frees the GPU."""
+        self._reset_handoff()
+        self._acquire_queue_lock()
+        self._active = True
+        state = self.shared.state
+        name = self.job.snapshot().name
+        state.begin(job=f"Instant LoRA: {name}")
+        self._state_begun = True
+        state.job_count, state.job_no, state.sampling_step, state.sampling_steps = 1, 0, 0, 0
+        state.textinfo = f"Instant LoRA: preparing {name}"
+        if not _opt(OPT_KEEP_ON_GPU, False):
+            self._offload()
+
+    def after_training(self) -> None:
+        """Runs in the worker after success, failure and cancel; undoes what before_training did
+        (also a partial before_training), then lets the WebUI generate again."""
+        if not self._active:
+            return  # cancelled (or failed) before it got the GPU: nothing to undo
+        try:
+            gc.collect()  # the trainer's models are gone: give their VRAM back first
+            self._torch_gc()
+            if self._forge_unloaded and self.memory is not None and hasattr(self.memory, "soft_empty_cache"):
+                self.memory.soft_empty_cache()  # Forge loads the model again at the next generation
+            if self._moved_model is not None:
+                self.sd_models.send_model_to_device(self._moved_model)
+        finally:
+            self._moved_model, self._forge_unloaded, self._active = None, False, False
+            try:
+                if self._state_begun:
+                    self.shared.state.end()
+            finally:
+                self._state_begun = False
+                lock, self._lock = self._lock, None
+                if lock is not None:
+                    lock.release()
+
+    def _offload(self) -> None:
+        if self.flavor == "forge":
+            if self.memory is not None:
+                self.memory.unload_all_models()
+                if hasattr(self.memory, "soft_empty_cache"):
+                    self.memory.soft_empty_cache()
+            else:
+                self.sd_models.unload_model_weights()
+            self._forge_unloaded = True
+            return
+        model = getattr(self.sd_models.model_data, "sd_model", None)  # never shared.sd_model: it loads one
+        if model is None:
+            return  # nothing loaded, nothing to move
+        self._moved_model = model  # first: a move that fails halfway is undone too
+        self.sd_models.unload_model_weights(model)
+
+    @staticmethod
+    def _torch_gc() -> None:
+        try:
+            from modules import devices
+        except Exception:
+            return
+        devices.torch_gc()
+
+    def _acquire_queue_lock(self) -> None:
+        try:
+            from modules import call_queue
+
+            lock = call_queue.queue_lock
+        except Exception:
+            return  # a WebUI without one
+
+        def try_acquire():
+            try:
+                return lock.acquire(blocking=False)
+            except TypeError:
+                return lock.acquire(False)
+
+        if not try_acquire():
+            print("[Instant LoRA] waiting for the WebUI's current generation to finish...", file=sys.stderr)
+            while not try_acquire():
+                if self._cancel_requested():
+                    raise InstantLoraError("Cancelled while waiting for the WebUI's current generation to finish.")
+                time.sleep(LOCK_POLL_S)
+        self._lock = lock
+
+    def _cancel_requested(self) -> bool:
+        control = getattr(self.job, "_control", None)
+        return bool(control is not None and control.stop_requested)
+
+    def progress_sinks(self) -> list:
+        return [WebUIProgressSink(self.shared.state, self.job)]
+
+    # ---- settings the tab and the REST routes use ------------------------------------------
+    def sample_defaults(self) -> tuple[str, int]:
+        """(sample prompts, every N steps) from the settings; ("", 0) = no samples."""
+        try:
+            every = int(_opt(OPT_SAMPLE_EVERY, 0) or 0)
+        except (TypeError, ValueError):
+            every = 0
+        return str(_opt(OPT_SAMPLE_PROMPTS, "") or ""), every
+
+    def extend_ui(self, gr, demo, job) -> None:
+        """Called by build_ui inside its Result section: the WebUI's own controls."""
+        from .presets import list_presets
+        from .ui.compat import js_kwargs
+
+        by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+        send = gr.Button("Send to txt2img", elem_id="il_send_to_txt2img")
+        gr.Markdown("The Lora cards refresh by themselves when a training ends; the new card shows the trigger words "
+                    "as activation text.", elem_id="il_webui_note")
+        if "il_result_tag" in by_id:  # JS: append to the txt2img prompt, tell Gradio, switch tab
+            send.click(fn=None, inputs=[by_id["il_result_tag"]], outputs=None, **js_kwargs(gr, "instantLoraSendToTxt2img"))
+
+        preset = by_id.get("il_preset")
+        if preset is not None:
+            def default_preset():
+                name = str(_opt(OPT_PRESET, "") or "")
+                return gr.update(value=name) if name and name in list_presets(self.data_dir / "presets") else gr.update()
+
+            demo.load(default_preset, None, [preset])
+        prompts_box, every_box = by_id.get("il_sample_prompts"), by_id.get("il_sample_every")
+        if prompts_box is not None and every_box is not None:
+            def sample_defaults():
+                text, every = self.sample_defaults()
+                return (gr.update(value=text), gr.update(value=every)) if text else (gr.update(), gr.update())
+
+            demo.load(sample_defaults, None, [prompts_box, every_box])
+
+
+class WebUIProgressSink:
+    """Mirrors the run into shared.state (the WebUI's progress API and console) and turns the
+    Interrupt button into a cancel. Also makes the last sample the Lora card's preview."""
+
+    def __init__(self, state, job):
+        self.state = state
+        self.job = job
+        self.last_sample: str | None = None
+        self.interrupt_seen = False
+
+    def __call__(self, event) -> None:
+        st, kind = self.state, type(event).__name__
+        if kind == "Step":
+            st.job_count, st.job_no = 1, 0
+            st.sampling_steps, st.sampling_step = event.total, event.step
+            st.textinfo = f"Instant LoRA: step {event.step}/{event.total}, loss {event.loss:.4f}"
+        elif kind in ("Status", "Warn"):
+            st.textinfo = f"Instant LoRA: {event.message}"[:300]
+        elif kind == "Saved":
+            st.textinfo = f"Instant LoRA: saved {Path(event.path).name}"
+        elif kind == "Sample":
+            self.last_sample = event.path
+            self._show_image(event.path)
+        elif kind == "Finished" and event.path:
+            self.write_preview(Path(event.path))
+        self.poll_interrupt()
+
+    def poll_interrupt(self) -> None:
+        if getattr(self.state, "interrupted", False) and not self.interrupt_seen:
+            self.interrupt_seen = True
+            if self.job.cancel():
+                self.state.textinfo = "Instant LoRA: interrupted, saving after this step"
+
+    def _show_image(self, path: str) -> None:
+        assign = getattr(self.state, "assign_current_image", None)
+        if assign is None:
+            return
+        try:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                assign(img.convert("RGB"))
+        except Exception:
+            pass  # a preview is a nicety; never fail the run for it
+
+    def write_preview(self, lora_path: Path) -> Path | None:
+        """`<stem>.preview.png` (the card's thumbnail) from the last sample, unless one exists."""
+        preview = lora_path.with_name(lora_path.stem + ".preview.png")
+        if not self.last_sample or preview.exists() or not Path(self.last_sample).is_file():
+            return None
+        shutil.copyfile(self.last_sample, preview)
+        return preview
+
+
+# ---- what the entry script registers ----------------------------------------------------------
+
+_HOST: WebUIHost | None = None
+_HOST_LOCK = threading.Lock()
+
+
+def get_host() -> WebUIHost:
+    global _HOST
+    with _HOST_LOCK:
+        if _HOST is None:
+            _HOST = WebUIHost()
+        return _HOST
+
+
+def ui_tabs() -> list:
+    """on_ui_tabs: [(Blocks, title, elem_id)]."""
+    from .ui import build_ui
+
+    host = get_host()
+    return [(build_ui(host, host.job), TAB_TITLE, TAB_ID)]
+
+
+def add_settings() -> None:
+    """on_ui_settings: the "Instant LoRA" section of Settings."""
+    import gradio as gr
+    from modules import shared
+
+    from .presets import list_presets
+
+    def preset_choices():
+        return {"choices": [""] + list(list_presets(get_host().data_dir / "presets"))}
+
+    def option(key, default, label, component=None, component_args=None):
+        try:
+            info = shared.OptionInfo(default, label, component, component_args, section=SECTION, category_id="training")
+        except TypeError:  # WebUIs before 1.7 have no settings categories
+            info = shared.OptionInfo(default, label, component, component_args, section=SECTION)
+        shared.opts.add_option(key, info)
+
+    option(OPT_PRESET, "", "Preset selected when the tab opens (empty: the tab's own defaults)", gr.Dropdown, preset_choices)
+    option(OPT_KEEP_ON_GPU, False, "Keep the WebUI's model on the GPU while training (needs more VRAM; skips moving it "
+                                   "to the CPU and back)")
+    option(OPT_SAMPLE_PROMPTS, "", "Default sample prompts, one per line (rendered with the LoRA while it trains)",
+           gr.Textbox, {"lines": 3})
+    option(OPT_SAMPLE_EVERY, 0, "Default: render the samples every N steps (0 = no samples)", gr.Slider,
+           {"minimum": 0, "maximum": 2000, "step": 10})
+
+
+def app_started(demo, app) -> None:
+    """on_app_started: the REST routes."""
+    from .api_routes import register
+
+    host = get_host()
+    register(app, host, host.job)
+
+
+def shutdown(timeout: float = 5.0, purge_modules: bool = True) -> bool:
+    """on_script_unloaded (Reload UI): cancel a running training and wait briefly for its thread.
+    When it has stopped, forget this package's modules so the reload imports the current code.
+    Returns whether no training is left running."""
+    global _HOST
+    job = _HOST.job if _HOST is not None else None
+    if job is None:
+        from .jobs import current_job
+
+        job = current_job()
+    if job.snapshot().running:
+        job.cancel()
+        job.wait(timeout)
+    stopped = not job.snapshot().running
+    if not stopped:
+        print("[Instant LoRA] the training did not stop in time; it goes on and the reloaded tab shows it.",
+              file=sys.stderr)
+        return False
+    _HOST = None
+    if purge_modules:
+        for name in [n for n in sys.modules if n == "instant_lora" or n.startswith("instant_lora.")]:
+            del sys.modules[name]
+    return True

@@ -1,0 +1,303 @@
+"""The WebUI tab on the installed Gradio (3.41 in the WebUI env, 4.40 in the Forge env) against the
+WebUI stand-in: the entry script loaded the way the WebUI loads it, the tab's Blocks rendered into
+the WebUI's tabs, its handlers, the settings section, and the REST routes (one real tiny training)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_webui_host import FakeTrain
+from webui_stub.harness import STUB, webui
+
+from instant_lora.jobs import TrainingJob
+
+ROOT = Path(__file__).resolve().parents[1]
+gr = pytest.importorskip("gradio")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_parameter_count():
+    """build_ui warms this up in a thread; done here first, so that thread finds it cached and no two
+    threads import diffusers at once (its lazy imports are not thread-safe in recent releases)."""
+    from instant_lora.ui import actions
+
+    actions.lora_parameter_count(16, "default", True)
+
+
+@pytest.fixture
+def w(tmp_path, monkeypatch):
+    with webui(tmp_path) as stub:
+        monkeypatch.setattr("instant_lora.jobs._JOB", TrainingJob())  # this test's own job
+        yield stub
+
+
+def _handlers(demo) -> dict:
+    """{function name: [(fn, input components)]} across Gradio 3.41 / 4.x / 5+."""
+    fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
+    out = {}
+    for i, bf in enumerate(fns):
+        fn = getattr(bf, "fn", None)
+        if fn is None:
+            continue
+        inputs = getattr(bf, "inputs", None)
+        if inputs is None:
+            inputs = [demo.blocks[i_] for i_ in demo.dependencies[i]["inputs"]]
+        out.setdefault(fn.__name__, []).append((fn, list(inputs)))
+    return out
+
+
+def _value(update):
+    return update.get("value") if isinstance(update, dict) else getattr(update, "value", update)
+
+
+def _tab():
+    from instant_lora import webui_host
+
+    (demo, title, elem_id), = webui_host.ui_tabs()
+    assert (title, elem_id) == ("Instant LoRA", "instant_lora")
+    return demo, {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+
+
+# ---- the entry script as the WebUI loads it ---------------------------------------------------
+
+def _start_webui(tmp_path, *flags):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(STUB / "webui_start.py"), str(ROOT), str(tmp_path / "webui"), *flags],
+                          capture_output=True, text=True, env=dict(env, GRADIO_ANALYTICS_ENABLED="False"), timeout=240,
+                          cwd=tmp_path)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("REPORT ")), None)
+    assert line, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(line[len("REPORT "):])
+
+
+def test_the_webui_loads_the_entry_script(tmp_path):
+    r = _start_webui(tmp_path)
+    assert r["errors"] == [] and r["reported_exceptions"] == []
+    assert r["sys_path_added_by_import"] == []  # the WebUI puts its own sys.path back after the import ...
+    assert str(ROOT / "extension") in r["sys_path_added"]  # ... so the callbacks add the package folder ...
+    assert r["sys_path_prefix_unchanged"]  # ... after everything else: shadows no one
+    assert r["tabs"] == [["Instant LoRA", "instant_lora"]]
+    assert {"tab_instant_lora", "il_start", "il_send_to_txt2img", "txt2img_prompt"} <= set(r["elem_ids"])
+    assert r["settings"]["instant_lora_keep_model_on_gpu"] == ["('instant_lora', 'Instant LoRA')", False]
+    assert {"instant_lora_default_preset", "instant_lora_sample_prompts", "instant_lora_sample_every_n_steps"} <= set(r["settings"])
+    assert r["routes"] == [f"/instant-lora/v1/{p}" for p in ("cancel", "checkpoints", "loras", "progress", "train")]
+    assert r["progress"]["state"] == "idle"
+    assert r["checkpoints"] == {"checkpoints": ["v1-5.safetensors"], "default": "v1-5.safetensors"}
+    assert r["modules_after_unload"] == []  # Reload UI imports the extension afresh
+
+
+def test_a_broken_install_shows_the_error_in_the_tab_and_nothing_else_breaks(tmp_path):
+    r = _start_webui(tmp_path, "--break-import")
+    assert r["errors"] == [] and r["reported_exceptions"] == []
+    assert r["tabs"] == [["Instant LoRA", "instant_lora"]] and "il_load_error" in r["elem_ids"]
+    assert r["routes"] == []
+
+
+# ---- the tab ------------------------------------------------------------------------------------
+
+def test_tab_uses_the_webuis_checkpoints_and_adds_send_to_txt2img(w):
+    demo, ids = _tab()
+    assert isinstance(demo, gr.Blocks)
+    ckpt = ids["il_checkpoint"]
+    assert sorted(ckpt.choices if isinstance(ckpt.choices[0], str) else [c[0] for c in ckpt.choices]) == \
+        ["sd15/dreamy.ckpt", "v1-5-pruned-emaonly.safetensors"]
+    assert ckpt.value == "sd15/dreamy.ckpt"  # the loaded one
+    ancestors, node = [], ids["il_send_to_txt2img"]
+    while node is not None:
+        ancestors.append(node)
+        node = getattr(node, "parent", None)
+    assert ids["il_section_result"] in ancestors  # shown with the result ...
+    assert all(getattr(a, "visible", True) is not False for a in ancestors)  # ... and not inside a hidden panel
+    deps = demo.get_config_file()["dependencies"]
+    send = [d for d in deps if d.get("js") and "instantLoraSendToTxt2img" in d["js"]]
+    assert len(send) == 1 and send[0]["inputs"] == [ids["il_result_tag"]._id]
+    assert "sd_models.load_model" not in w.calls
+
+
+def test_tab_renders_inside_the_webuis_tabs(w):
+    demo, _ = _tab()
+    with gr.Blocks() as page:
+        with gr.Tabs(elem_id="tabs"):
+            with gr.TabItem("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                gr.Textbox(elem_id="txt2img_prompt")
+            with gr.TabItem("Instant LoRA", id="instant_lora", elem_id="tab_instant_lora"):
+                demo.render()
+    assert len(page.get_config_file()["dependencies"]) >= len(demo.get_config_file()["dependencies"])
+
+
+def test_refresh_lists_a_new_checkpoint(w):
+    demo, _ = _tab()
+    (refresh, _), = _handlers(demo)["refresh_models"]
+    (w.models / "Stable-diffusion" / "fresh.safetensors").write_bytes(b"\0")
+    update = refresh("sd15/dreamy.ckpt")
+    assert "fresh.safetensors" in str(update["choices"] if isinstance(update, dict) else update.choices)
+    assert _value(update) == "sd15/dreamy.ckpt"
+
+
+def test_settings_section_and_its_defaults_on_the_tab(w):
+    from instant_lora import webui_host
+
+    webui_host.add_settings()
+    labels = w.shared.opts.data_labels
+    assert all(labels[k].section == ("instant_lora", "Instant LoRA") for k in labels if k.startswith("instant_lora_"))
+    assert {"Balanced", "Quick test"} <= set(labels["instant_lora_default_preset"].component_args()["choices"])
+    w.shared.opts.set("instant_lora_default_preset", "Quick test")
+    w.shared.opts.set("instant_lora_sample_prompts", "a photo of shpz")
+    w.shared.opts.set("instant_lora_sample_every_n_steps", 50)
+    demo, _ = _tab()
+    h = _handlers(demo)
+    (default_preset, _), = h["default_preset"]
+    assert _value(default_preset()) == "Quick test"
+    if "sample_defaults" in h:  # the tab has sample prompt fields
+        (sample_defaults, _), = h["sample_defaults"]
+        assert [_value(u) for u in sample_defaults()] == ["a photo of shpz", 50]
+
+
+def test_start_and_cancel_run_through_the_webui_host(w, monkeypatch, train_set):
+    demo, ids = _tab()
+    h = _handlers(demo)
+    fake = FakeTrain(w)
+    seen = {}
+
+    def spy(config, **kw):
+        seen["config"] = config
+        return fake(config, **kw)
+
+    monkeypatch.setattr("instant_lora.train.loop.train", spy)
+    (start, inputs), = h["start"]
+    by_id = {"il_dataset_dir": str(train_set), "il_checkpoint": "sd15/dreamy.ckpt", "il_output_name": "tab_lora"}
+    args = [by_id.get(getattr(c, "elem_id", None), getattr(c, "value", None)) for c in inputs]
+    assert "Started" in start(*args)
+    from instant_lora.jobs import current_job
+
+    snap = current_job().wait(20)
+    assert snap.state == "finished", snap.error
+    assert seen["config"].pretrained_model_name_or_path == str(w.models / "Stable-diffusion" / "sd15" / "dreamy.ckpt")
+    assert seen["config"].output_dir == str(w.lora_dir)
+    assert w.calls[:3] == ["queue_lock.acquire", ("state.begin", "Instant LoRA: tab_lora"), "sd_models.unload_model_weights"]
+    assert w.calls[-2:] == ["state.end", "queue_lock.release"]
+    assert (w.lora_dir / "tab_lora.safetensors").is_file()
+    poll = h["poll"][0][0]  # on a timer and on page load
+    progress_html = poll()[0]
+    assert "data-state='finished'" in progress_html  # what javascript/instant_lora.js watches
+    (cancel, _), = h["cancel"]
+    assert "Nothing is running" in cancel()
+
+
+# ---- REST routes --------------------------------------------------------------------------------
+
+@pytest.fixture
+def api(w):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from instant_lora import api_routes, webui_host
+
+    app = FastAPI()
+    host = webui_host.get_host()
+    assert api_routes.register(app, host, host.job)
+    assert not api_routes.register(app, host, host.job)  # once per app
+    return TestClient(app), host
+
+
+def _wait_done(client, seconds=180):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        p = client.get("/instant-lora/v1/progress").json()
+        if p["state"] != "running":
+            return p
+        time.sleep(0.2)
+    raise AssertionError("training did not finish")
+
+
+def test_rest_training_with_a_tiny_model_lands_in_the_lora_folder(api, w, tiny_model_dir, train_set):
+    client, host = api
+    body = {"pretrained_model_name_or_path": str(tiny_model_dir), "train_data_dir": str(train_set), "output_name": "api_lora",
+            "trigger_words": "shpz", "resolution": "64,64", "network_dim": 4, "network_alpha": 4, "learning_rate": 1e-3,
+            "max_train_steps": 3, "seed": 1, "cache_latents": True}
+    r = client.post("/instant-lora/v1/train", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"started": "api_lora", "output": str(w.lora_dir / "api_lora.safetensors")}
+    p = _wait_done(client)
+    assert p["state"] == "finished", p["error"]
+    assert p["step"] == p["total"] == 3 and p["prompt"] == "<lora:api_lora:0.8> shpz"
+    assert ("state.begin", "Instant LoRA: api_lora") in w.calls and w.calls[-2:] == ["state.end", "queue_lock.release"]
+    assert w.sd_models.model_data.sd_model.device == "cuda"  # back on the GPU
+
+    loras = client.get("/instant-lora/v1/loras").json()["loras"]
+    (card,) = [x for x in loras if x["name"] == "api_lora"]
+    assert card["trained_here"] and card["base_model"] == "sd_v1" and card["sd_version"] == "SD1"
+    assert card["activation_text"] == "shpz" and card["prompt"] == "<lora:api_lora:0.8> shpz"
+    sidecar = json.loads((w.lora_dir / "api_lora.json").read_text())
+    assert sidecar["activation text"] == "shpz" and sidecar["sd version"] == "SD1"
+    assert not list(w.lora_dir.glob("*.txt"))  # a .txt there would become the card's description
+
+    again = client.post("/instant-lora/v1/train", json=body)
+    assert again.status_code == 409 and "already exists" in again.json()["error"]
+
+
+def test_rest_refuses_what_it_cannot_run(api, w, train_set):
+    client, host = api
+    w.shared.opts.data.update(instant_lora_sample_prompts="a cat", instant_lora_sample_every_n_steps=10)
+    base = {"train_data_dir": str(train_set), "output_name": "x"}
+    cases = [
+        (dict(base, output_dir="/tmp/elsewhere"), 400, "Lora folder"),
+        (dict(base, netwrok_dim=4), 422, "did you mean --network_dim"),
+        (dict(base, network_dim=0), 422, "network_dim"),
+        ({"output_name": "x"}, 400, "train_data_dir is required"),
+        (dict(base, train_data_dir="/no/such/folder"), 400, "not a folder"),
+        (dict(base, output_name="../up"), 422, "plain file name"),
+        (dict(base, preset="Nope"), 400, "unknown preset"),
+        ([1, 2], 400, "JSON object"),
+    ]
+    for body, status, says in cases:
+        r = client.post("/instant-lora/v1/train", json=body)
+        assert (r.status_code, says in r.text) == (status, True), (body, r.text)
+    assert client.post("/instant-lora/v1/train", content=b"{nope", headers={"content-type": "application/json"}).status_code == 400
+    assert client.post("/instant-lora/v1/cancel").json() == {"cancelled": False}
+    assert not list(host.data_dir.parent.glob("**/up.txt"))  # no file written for a bad name
+
+
+def test_rest_cancel_and_a_second_start_while_running(api, w, monkeypatch, train_set):
+    client, host = api
+    fake = FakeTrain(w)
+    fake.go_on.clear()
+    monkeypatch.setattr("instant_lora.train.loop.train", fake)
+    body = {"train_data_dir": str(train_set), "output_name": "slow", "checkpoint": "v1-5-pruned-emaonly.safetensors",
+            "preset": "Quick test"}
+    assert client.post("/instant-lora/v1/train", json=body).status_code == 200
+    assert fake.at_step_2.wait(10)
+    busy = client.post("/instant-lora/v1/train", json=dict(body, output_name="other"))
+    assert busy.status_code == 409 and "already running" in busy.json()["error"]
+    assert client.post("/instant-lora/v1/cancel").json() == {"cancelled": True}
+    fake.go_on.set()
+    p = _wait_done(client)
+    assert p["state"] == "cancelled" and p["step"] == 2
+    assert w.calls[-2:] == ["state.end", "queue_lock.release"]
+
+
+def test_rest_uses_the_webuis_api_auth(api, w):
+    client, _ = api
+    w.shared.cmd_opts.api_auth = "alice:secret,bob:pw"
+    assert client.get("/instant-lora/v1/progress").status_code == 401
+    assert client.get("/instant-lora/v1/progress", auth=("alice", "wrong")).status_code == 401
+    assert client.get("/instant-lora/v1/progress", auth=("bob", "pw")).status_code == 200
+
+
+def test_rest_runs_get_the_settings_sample_prompts_and_a_preset(w, train_set):
+    from instant_lora import api_routes, webui_host
+
+    host = webui_host.get_host()
+    w.shared.opts.data.update(instant_lora_sample_prompts="a photo of shpz\nshpz on a beach", instant_lora_sample_every_n_steps=20)
+    config, explicit = api_routes.build_config(host, {"train_data_dir": str(train_set), "output_name": "s", "preset": "Quick test"})
+    assert Path(config.sample_prompts).read_text().splitlines() == ["a photo of shpz", "shpz on a beach"]
+    assert config.sample_every_n_steps == 20 and config.network_dim == 8  # from the preset
+    assert config.pretrained_model_name_or_path == str(w.models / "Stable-diffusion" / "sd15" / "dreamy.ckpt")  # loaded one
+    assert config.output_dir == str(w.lora_dir) and {"network_dim", "output_name"} <= explicit
+    config, _ = api_routes.build_config(host, {"train_data_dir": str(train_set), "output_name": "t", "sample_every_n_steps": 5,
+                                               "sample_prompts": str(Path(config.sample_prompts))})
+    assert config.sample_every_n_steps == 5  # the request's own sample settings win

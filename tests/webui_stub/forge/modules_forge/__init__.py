@@ -1,0 +1,1 @@
+"""Forge's own package (its presence is how the extension recognises WebUI Forge)."""

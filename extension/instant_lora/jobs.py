@@ -91,6 +91,12 @@ class TrainingJob:
             self._snap.log.append("cancel requested: stopping after the current step and saving")
             return True
 
+    @property
+    def cancel_requested(self) -> bool:
+        """True once cancel() was called for the current run (also before its first step)."""
+        with self._lock:
+            return self._control is not None and self._control.stop_requested
+
     def wait(self, timeout: float | None = None) -> JobSnapshot:
         if self._thread is not None:
             self._thread.join(timeout)

@@ -243,8 +243,7 @@ class WebUIHost(Host):
         self._lock = lock
 
     def _cancel_requested(self) -> bool:
-        control = getattr(self.job, "_control", None)
-        return bool(control is not None and control.stop_requested)
+        return bool(getattr(self.job, "cancel_requested", False))
 
     def progress_sinks(self) -> list:
         return [WebUIProgressSink(self.shared.state, self.job)]

@@ -3,7 +3,6 @@ model itself (no second copy) at fixed seeds, so each sample shows the LoRA at t
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 

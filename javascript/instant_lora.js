@@ -75,6 +75,28 @@
         return [];
     }
 
+    // The prompt of an infotext: the lines before "Negative prompt:" and the "Steps: ..." line.
+    function promptOfInfotext(text) {
+        var lines = (text || "").split("\n");
+        var out = [];
+        for (var i = 0; i < lines.length; i++) {
+            if (lines[i].indexOf("Negative prompt:") === 0 || /^Steps: \d+/.test(lines[i])) break;
+            out.push(lines[i]);
+        }
+        return out.join("\n").trim();
+    }
+
+    // Fallback for a WebUI without its paste API: the grid cell's prompt replaces the txt2img prompt.
+    function sendInfotextToTxt2img(infotext, doc) {
+        var gapp = app(doc);
+        var box = gapp.querySelector("#txt2img_prompt textarea");
+        var prompt = promptOfInfotext(infotext);
+        if (!box || !prompt) return [];
+        setInputValue(box, prompt);
+        switchToTab("txt2img", gapp);
+        return [];
+    }
+
     // Click the WebUI's hidden refresh buttons of the Lora card pages; returns how many were found.
     function refreshLoraCards(doc) {
         var gapp = app(doc);
@@ -128,10 +150,12 @@
 
     var api = {
         promptWithTag: promptWithTag, setInputValue: setInputValue, switchToTab: switchToTab,
-        sendToTxt2img: sendToTxt2img, refreshLoraCards: refreshLoraCards, jobView: jobView,
+        sendToTxt2img: sendToTxt2img, promptOfInfotext: promptOfInfotext, sendInfotextToTxt2img: sendInfotextToTxt2img,
+        refreshLoraCards: refreshLoraCards, jobView: jobView,
         SavedWatcher: SavedWatcher, tick: tick
     };
     root.instantLoraSendToTxt2img = function(tag) { return sendToTxt2img(tag); };
+    root.instantLoraSendInfotextToTxt2img = function(infotext) { return sendInfotextToTxt2img(infotext); };
     root.instantLora = api;
 
     if (typeof module !== "undefined" && module.exports) {

@@ -3,7 +3,6 @@ upload, edit a caption, train to the end, cancel another run, and bad input. Scr
 section land in test-output/screenshots/ (kept as CI artifacts)."""
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -76,6 +75,7 @@ def app(tmp_path_factory):
         proc.kill()
         pytest.fail("the app did not start:\n" + (base / "app.log").read_text()[-3000:])
     assert proc.poll() is None, (base / "app.log").read_text()[-3000:]
+    APP_LOG[:] = [base / "app.log"]
     yield {"url": url, "base": base}
     proc.terminate()
     proc.wait(timeout=20)
@@ -98,18 +98,53 @@ def page(app):
 
 
 def fill(page, elem_id: str, value: str):
+    """Type into a field; retyped when a component that was still mounting (a just-opened accordion)
+    put its initial value back."""
     box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
-    box.fill(str(value))
-    box.press("Tab")
+    box.wait_for(state="visible")
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Tab")
+        page.wait_for_timeout(200)
+        if box.input_value() == str(value):
+            return
+    raise AssertionError(f"#{elem_id} keeps showing {box.input_value()!r} instead of {value!r}")
 
 
 def open_accordion(page, elem_id: str):
     page.locator(f"#{elem_id} .label-wrap, #{elem_id} > button").first.click()
+    page.locator(f"#{elem_id} input:not([type=file]), #{elem_id} textarea").first.wait_for(state="visible")
+    page.wait_for_timeout(1000)  # newer Gradio mounts an accordion's fields on first open; typing earlier can be lost
+
+
+def fill_until(page, elem_id: str, value: str, shown_in: str, text: str, tries: int = 3):
+    """Fill a field until the server has it, as seen in what it computes from it (`text` in
+    #shown_in): a field typed into while it was being mounted shows the value but never sends it."""
+    for attempt in range(tries):
+        if attempt:
+            fill(page, elem_id, "0")  # a different value first, so the retyped one is a change
+        fill(page, elem_id, value)
+        try:
+            wait_text(page, shown_in, text, timeout=15)
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+
+
+APP_LOG: list[Path] = []  # the running app's log, quoted when a wait fails
 
 
 def wait_text(page, elem_id: str, text: str, timeout: float = 240):
-    page.wait_for_function(f"() => (document.querySelector('#{elem_id}')?.innerText || '').includes({text!r})",
-                           timeout=timeout * 1000)
+    try:
+        page.wait_for_function(f"() => (document.querySelector('#{elem_id}')?.innerText || '').includes({text!r})",
+                               timeout=timeout * 1000)
+    except Exception as e:  # say what the page showed instead, with a screenshot and the app's log
+        shown = page.evaluate(f"() => document.querySelector('#{elem_id}')?.innerText ?? '(no such element)'")
+        page.screenshot(path=str(SHOTS / f"failed-{elem_id}.png"), full_page=True)
+        log = APP_LOG[0].read_text(errors="replace")[-4000:] if APP_LOG else ""
+        raise AssertionError(f"#{elem_id} never showed {text!r} within {timeout:.0f} s; it shows:\n{shown[-1500:]}\n"
+                             f"screenshot: {SHOTS / f'failed-{elem_id}.png'}\napp log:\n{log}") from e
 
 
 def wait_done(page, timeout_s: float = 300):
@@ -127,14 +162,9 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     open_accordion(page, "il_upload_section")
     page.wait_for_selector("#il_uploads", state="visible")
     files = [str(imgs / n) for n in ("red.png", "blue.png", "red.txt", "notes.pdf")]
-    for attempt in range(3):  # the file input can miss a change event while the accordion still animates
-        page.set_input_files("#il_uploads input[type=file]", files)
-        try:
-            wait_text(page, "il_uploads", "notes.pdf", timeout=30)  # the upload reached the server
-            break
-        except Exception:
-            if attempt == 2:
-                raise
+    page.set_input_files("#il_uploads input[type=file]", files)
+    # The app says what arrived once the upload is complete: only then does the button see the files.
+    wait_text(page, "il_dataset_msg", "4 file(s) ready to add", timeout=120)
     fill(page, "il_upload_name", "shapes")
     page.locator("#il_upload_btn").click()
     wait_text(page, "il_dataset_msg", "added 2 image(s)")
@@ -175,8 +205,8 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     fill(page, "il_trigger_words", "shpz")
     fill(page, "il_max_train_epochs", "2")
     open_accordion(page, "il_advanced")
-    fill(page, "il_save_every_n_epochs", "1")
     fill(page, "il_resolution", "64,64")
+    fill_until(page, "il_save_every_n_epochs", "1", "il_plan", "final file + 1 intermediate (every 1 epoch(s))")  # 2 grid rows
     wait_text(page, "il_plan", "40 steps", timeout=60)
     fill(page, "il_sample_prompts", "shpz, red square --s 2")
     fill(page, "il_sample_every", "10")
@@ -223,6 +253,8 @@ def test_test_panel_grid_and_preview(app, page):
     dropdown = page.locator("#il_grid_cell input").first
     dropdown.click()
     page.locator("ul[role=listbox] li, .options li").filter(has_text="final @ w=1").first.click()
+    page.wait_for_function("() => (document.querySelector('#il_grid_cell_info textarea')?.value || '').includes('<lora:ui_lora:1>')")
+    assert "Seed: 3" in page.locator("#il_grid_cell_info textarea").input_value()  # the cell's settings, to paste anywhere
     page.locator("#il_use_preview").click()
     wait_text(page, "il_grid_msg", "preview")
     loras = app["base"] / "loras"

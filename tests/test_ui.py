@@ -53,6 +53,12 @@ def test_uploads_reject_non_images_and_bad_names(tmp_path):
     assert not (tmp_path / "up").exists()
 
 
+def test_upload_box_says_what_arrived_before_anything_is_copied(tmp_path):
+    msg = actions.describe_uploads([str(tmp_path / n) for n in ("a.png", "b.JPG", "a.txt", "notes.pdf")])
+    assert msg.startswith("4 file(s) ready to add: 2 image(s), 1 caption file(s), 1 other file(s)")
+    assert actions.describe_uploads(None) == "" and not (tmp_path / "data").exists()
+
+
 def test_caption_edits_stay_inside_the_dataset(tmp_path):
     img = make_image(tmp_path / "ds" / "10_x" / "a.png")
     outside = make_image(tmp_path / "elsewhere.png")
@@ -89,3 +95,18 @@ def test_presets_load_and_save(tmp_path):
     path = save_preset("mine", {"network_dim": 64, "train_data_dir": "x", "max_train_steps": 1600}, tmp_path)
     values, _ = load_preset(path)
     assert values == {"network_dim": 64}  # per-run fields and defaults are not stored
+
+
+def test_plan_counts_steps_and_the_files_a_run_leaves(tmp_path):
+    from instant_lora.dataset import scan_dataset
+
+    for i in range(3):
+        make_image(tmp_path / "ds" / "5_x" / f"{i}.png")
+    scan = scan_dataset(tmp_path / "ds")
+    values = dict(actions.initial_values(), max_train_epochs=4, train_batch_size=1, save_every_n_epochs=1, save_every_n_steps=0)
+    plan = actions.plan_markdown(values, scan)
+    assert "**60 steps**" in plan and "final file + 3 intermediate" in plan
+    values.update(save_every_n_epochs=2, save_every_n_steps=15)  # steps 15, 30 (= epoch 2), 45
+    assert "final file + 3 intermediate" in actions.plan_markdown(values, scan)
+    values.update(save_every_n_epochs=0, save_every_n_steps=0)
+    assert "final file only" in actions.plan_markdown(values, scan)

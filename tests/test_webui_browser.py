@@ -1,8 +1,9 @@
 """javascript/instant_lora.js in a real browser on a small Gradio page laid out like the WebUI (the
 top-level #tabs, #txt2img_prompt, the Lora cards' hidden refresh button, the WebUI's gradioApp() and
-updateInput()) with the real Instant LoRA tab rendered into it: the settings' defaults reach the tab,
-a run that ends refreshes the Lora cards by itself, and "Send to txt2img" fills the prompt so that
-Gradio's backend sees it and switches tabs. Runs on the installed Gradio (3.41 in the WebUI env,
+updateInput(), its paste of infotext into the txt2img fields) with the real Instant LoRA tab rendered
+into it: the settings' defaults reach the tab, a run that ends refreshes the Lora cards by itself,
+"Send to txt2img" fills the prompt so that Gradio's backend sees it and switches tabs, and a grid
+made through the WebUI's txt2img sends a picked cell's prompt and settings to txt2img. Runs on the installed Gradio (3.41 in the WebUI env,
 4.40 in the Forge env)."""
 
 import os
@@ -21,19 +22,25 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
          "--disable-component-update", "--disable-sync"]
 SHOTS = ROOT / "test-output" / "screenshots"
 
-# What the WebUI's script.js / ui.js define for every page (same behaviour, written here).
+# What the WebUI's script.js / ui.js define for every page (same behaviour, written here). Set on window:
+# Playwright runs an init script inside a function, where plain declarations would stay local.
 WEBUI_PAGE_JS = """
-function gradioApp() {
+window.gradioApp = function() {
     const elems = document.getElementsByTagName('gradio-app');
     const elem = elems.length == 0 ? document : elems[0];
     if (elem !== document) { elem.getElementById = function(id) { return document.getElementById(id); }; }
     return elem.shadowRoot ? elem.shadowRoot : elem;
-}
-function updateInput(target) {
+};
+window.switch_to_txt2img = function() {  // the WebUI clicks button 0; Gradio 5+ puts hidden copies first
+    const tabs = gradioApp().querySelector('#tabs');
+    (tabs.querySelector('button[role=tab]') || tabs.querySelectorAll('button')[0]).click();
+    return Array.from(arguments);
+};
+window.updateInput = function(target) {
     let e = new Event("input", {bubbles: true});
     Object.defineProperty(e, "target", {value: target});
     target.dispatchEvent(e);
-}
+};
 """
 
 
@@ -72,6 +79,9 @@ def webui_page(tmp_path, monkeypatch):
             with gr.Tabs(elem_id="tabs"):
                 with gr.TabItem("txt2img", id="txt2img", elem_id="tab_txt2img"):
                     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt")
+                    negative = gr.Textbox(label="Negative prompt", elem_id="txt2img_neg_prompt")
+                    seed = gr.Number(label="Seed", value=-1, elem_id="txt2img_seed")
+                    steps = gr.Number(label="Sampling steps", value=20, elem_id="txt2img_steps")
                     echo_btn = gr.Button("Echo", elem_id="echo_btn")
                     echo = gr.Textbox(label="What the server sees", elem_id="echo")
                     # visible=False as in the WebUI (Gradio 3.41 / 4.40 keep it in the page; 5+ needs "hidden")
@@ -81,6 +91,11 @@ def webui_page(tmp_path, monkeypatch):
                 with gr.TabItem(title, id=elem_id, elem_id=f"tab_{elem_id}"):
                     tab.render()
             echo_btn.click(lambda text: text, [prompt], [echo])
+            from modules import infotext_utils  # as the WebUI's txt2img tab registers its fields, then connects the buttons
+
+            infotext_utils.add_paste_fields("txt2img", None, [(prompt, "Prompt"), (negative, "Negative prompt"), (seed, "Seed"),
+                                                              (steps, "Steps")])
+            infotext_utils.connect_paste_params_buttons()
             refresh.click(lambda n: int(n or 0) + 1, [refreshed], [refreshed])
         demo.queue()
         port = _free_port()
@@ -99,7 +114,7 @@ def _text(page, elem_id):
     return page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
 
 
-def test_cards_refresh_after_a_run_and_send_to_txt2img(webui_page, monkeypatch):
+def test_cards_refresh_send_to_txt2img_and_a_grid_cell_to_txt2img(webui_page, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     from instant_lora import webui_host
@@ -118,6 +133,7 @@ def test_cards_refresh_after_a_run_and_send_to_txt2img(webui_page, monkeypatch):
             page.goto(url)
             page.wait_for_selector("#txt2img_prompt textarea")
             page.locator("#txt2img_prompt textarea").fill("a photo")
+            assert page.evaluate("() => [typeof gradioApp, typeof updateInput, typeof switch_to_txt2img]") == ["function"] * 3
             assert page.evaluate("() => instantLora.switchToTab('Instant LoRA')") == "name"
             page.wait_for_selector("#il_progress .il-progress")
             # the settings' defaults reach the tab: the preset (and through it the form) and the samples
@@ -146,6 +162,37 @@ def test_cards_refresh_after_a_run_and_send_to_txt2img(webui_page, monkeypatch):
             assert _text(page, "echo") == "a photo, <lora:web_lora:0.8> shpz"
             SHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOTS / f"webui-send-to-txt2img-gradio{_gradio_major()}.png"))
+
+            # The grid through the WebUI's txt2img (its stand-in), then one cell sent to txt2img with its settings.
+            from test_webui_grid import _lora_file
+
+            _lora_file(w.lora_dir / "grid_run-000001.safetensors", 10, 1)
+            _lora_file(w.lora_dir / "grid_run.safetensors", 20, 2)
+            page.evaluate("() => instantLora.switchToTab('Instant LoRA')")
+            page.locator("#il_open_test").click()
+            page.wait_for_selector("#il_grid_btn", state="visible")
+            for elem, value in (("il_test_prompt", "shpz, red square"), ("il_test_steps", "7"), ("il_test_seed", "3"),
+                                ("il_test_width", "64"), ("il_test_height", "64"), ("il_grid_run", "grid_run"),
+                                ("il_grid_weights", "0, 1")):
+                box = page.locator(f"#{elem} textarea, #{elem} input").first
+                box.fill(value)
+                box.press("Tab")
+            page.locator("#il_grid_btn").click()
+            page.wait_for_function("() => (document.querySelector('#il_grid_msg')?.innerText || '').includes('2 x 2 grid')")
+            rendered = [c[1] for c in w.calls if isinstance(c, tuple) and c[0] == "processing.process_images"]
+            assert rendered == ["shpz, red square", "shpz, red square <lora:grid_run-000001:1>", "shpz, red square <lora:grid_run:1>"]
+            page.locator("#il_grid_cell input").first.click()
+            page.locator("ul[role=listbox] li, .options li").filter(has_text="final @ w=1").first.click()
+            page.wait_for_function("() => (document.querySelector('#il_grid_cell_info textarea')?.value || '').includes('Seed: 3')")
+            page.locator("#il_cell_to_txt2img").click()
+            page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea')?.value.includes('grid_run')")
+            assert _text(page, "txt2img_prompt") == "shpz, red square <lora:grid_run:1>"
+            assert page.locator("#txt2img_prompt textarea").is_visible()  # switched to txt2img
+            page.wait_for_function("() => document.querySelector('#txt2img_seed input')?.value === '3'")
+            assert _text(page, "txt2img_steps") == "7"
+            page.locator("#echo_btn").click()
+            page.wait_for_function("() => (document.querySelector('#echo textarea')?.value || '').includes('grid_run')")
+            page.screenshot(path=str(SHOTS / f"webui-grid-cell-to-txt2img-gradio{_gradio_major()}.png"))
         finally:
             browser.close()
 

@@ -81,7 +81,8 @@ def test_the_webui_loads_the_entry_script(tmp_path):
     assert str(ROOT / "extension") in r["sys_path_added"]  # ... so the callbacks add the package folder ...
     assert r["sys_path_prefix_unchanged"]  # ... after everything else: shadows no one
     assert r["tabs"] == [["Instant LoRA", "instant_lora"]]
-    assert {"tab_instant_lora", "il_start", "il_send_to_txt2img", "txt2img_prompt"} <= set(r["elem_ids"])
+    assert {"tab_instant_lora", "il_start", "il_send_to_txt2img", "txt2img_prompt", "il_cell_to_txt2img"} <= set(r["elem_ids"])
+    assert r["paste_buttons"] == [["txt2img", "il_cell_to_txt2img", "il_grid_cell_info"]]  # the WebUI's paste, connected
     assert r["settings"]["instant_lora_keep_model_on_gpu"] == ["('instant_lora', 'Instant LoRA')", False]
     assert {"instant_lora_default_preset", "instant_lora_sample_prompts", "instant_lora_sample_every_n_steps"} <= set(r["settings"])
     assert r["routes"] == [f"/instant-lora/v1/{p}" for p in ("cancel", "checkpoints", "loras", "progress", "train")]

@@ -55,6 +55,18 @@ class Host:
     def progress_sinks(self) -> list:
         return []
 
+    # ---- the Test panel ---------------------------------------------------------------------
+    def test_renderer(self, checkpoint_label: str):
+        """Context manager giving render(prompt_with_tags, seed, settings) -> PIL image for one
+        image or one grid: here diffusers on a base model kept in memory."""
+        from .sample.generate import kept_renderer
+
+        return kept_renderer(self.checkpoint_path(checkpoint_label), self.lora_dir)
+
+    @property
+    def grids_dir(self) -> Path:
+        return self.data_dir / "grids"
+
     def lora_files(self) -> list[Path]:
         if not self.lora_dir.is_dir():
             return []

@@ -248,6 +248,38 @@ class WebUIHost(Host):
     def progress_sinks(self) -> list:
         return [WebUIProgressSink(self.shared.state, self.job)]
 
+    # ---- the Test panel: the WebUI's own txt2img ----------------------------------------------
+    def test_renderer(self, checkpoint_label: str):
+        from .webui_render import webui_session
+
+        return webui_session(self, checkpoint_label)
+
+    @property
+    def grids_dir(self) -> Path:
+        """The WebUI's txt2img grids folder (Settings > Paths for saving), where its image browsers look."""
+        folder = _opt("outdir_grids", "") or _opt("outdir_txt2img_grids", "")
+        if not folder:
+            return self.data_dir / "grids"
+        folder = Path(folder)
+        return folder if folder.is_absolute() else self.webui_root / folder
+
+    def extend_test_panel(self, gr, demo, cell_infotext) -> None:
+        """Called by build_ui under the grid: "Send to txt2img" for the picked cell, through the
+        WebUI's own paste (prompt, negative prompt, seed, sampler, steps, size, CFG, checkpoint)."""
+        from .ui.compat import js_kwargs
+
+        send = gr.Button("Send cell to txt2img", elem_id="il_cell_to_txt2img")
+        try:
+            try:
+                from modules import infotext_utils as paste
+            except ImportError:  # before 1.8 the module had its old name
+                from modules import generation_parameters_copypaste as paste
+            paste.register_paste_params_button(paste.ParamBinding(paste_button=send, tabname="txt2img",
+                                                                  source_text_component=cell_infotext))
+        except Exception as e:  # a fork without it: the prompt alone, by script
+            print(f"[Instant LoRA] the WebUI's paste is unavailable ({e}); sending the cell's prompt only", file=sys.stderr)
+            send.click(fn=None, inputs=[cell_infotext], outputs=None, **js_kwargs(gr, "instantLoraSendInfotextToTxt2img"))
+
     # ---- settings the tab and the REST routes use ------------------------------------------
     def sample_defaults(self) -> tuple[str, int]:
         """(sample prompts, every N steps) from the settings; ("", 0) = no samples."""

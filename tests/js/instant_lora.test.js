@@ -141,7 +141,24 @@ test("a wrapper element around the refresh button is clicked through to its butt
     assert.equal(inner.clicks, 1);
 });
 
-test("the script defines the global the Send button's Gradio js= calls", () => {
+test("a grid cell's infotext gives its prompt, without the negative prompt and settings lines", () => {
+    const info = "<lora:run-000001:0.4>, shpz, red\nsquare\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Seed: 3";
+    assert.equal(glue.promptOfInfotext(info), "<lora:run-000001:0.4>, shpz, red\nsquare");
+    assert.equal(glue.promptOfInfotext("a cat\nSteps: 20, Sampler: Euler a"), "a cat");
+    assert.equal(glue.promptOfInfotext(""), "");
+});
+
+test("without the WebUI's paste, a cell's prompt replaces the txt2img prompt and txt2img opens", () => {
+    const page = webuiPage({tabOrder: ["txt2img", "Instant LoRA"], prompt: "old prompt"});
+    assert.deepEqual(glue.sendInfotextToTxt2img("<lora:run:0.7>, shpz\nSteps: 20, Seed: 3", page.root), []);
+    assert.equal(page.textarea.value, "<lora:run:0.7>, shpz");
+    assert.deepEqual(page.tabButtons.map((b) => b.clicks), [1, 0]);
+    glue.sendInfotextToTxt2img("", page.root);  // no cell picked yet: nothing changes
+    assert.equal(page.textarea.value, "<lora:run:0.7>, shpz");
+});
+
+test("the script defines the globals the Send buttons' Gradio js= call", () => {
+    assert.equal(typeof globalThis.instantLoraSendInfotextToTxt2img, "function");
     assert.equal(typeof globalThis.instantLoraSendToTxt2img, "function");
     assert.equal(typeof globalThis.instantLora.tick, "function");
 });

@@ -60,11 +60,17 @@ import gradio as gr  # noqa: E402
 with gr.Blocks(analytics_enabled=False) as demo:
     with gr.Tabs(elem_id="tabs"):
         with gr.TabItem("txt2img", id="txt2img", elem_id="tab_txt2img"):
-            gr.Textbox(elem_id="txt2img_prompt")
+            prompt = gr.Textbox(elem_id="txt2img_prompt")
             gr.Button(elem_id="txt2img_lora_extra_refresh_internal", visible=False)
         for interface, title, elem_id in tabs:
             with gr.TabItem(title, id=elem_id, elem_id=f"tab_{elem_id}"):
                 interface.render()
+    from modules import infotext_utils  # the WebUI connects every registered paste button after the tabs
+
+    infotext_utils.add_paste_fields("txt2img", None, [(prompt, "Prompt")])
+    infotext_utils.connect_paste_params_buttons()
+    report["paste_buttons"] = [[b.tabname, b.paste_button.elem_id, b.source_text_component.elem_id]
+                               for b in infotext_utils.registered_param_bindings]
 report["sys_path_added"] = [p for p in sys.path if p not in path_before]
 report["sys_path_prefix_unchanged"] = sys.path[:len(path_before)] == path_before
 report["elem_ids"] = sorted(str(getattr(b, "elem_id", None)) for b in demo.blocks.values() if getattr(b, "elem_id", None))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InstantLoraError
@@ -187,13 +188,21 @@ class DiffusersRenderer:
         self.merger = LoraMerger(model.unet, model.text_encoder, backup_device=backup_device)
         self._lock = threading.Lock()
 
+    @property
+    def model_name(self) -> str:
+        return model_label(self.model)
+
+    @property
+    def model_hash(self) -> str | None:
+        return getattr(self.model, "legacy_hash", None)
+
     def resolve(self, prompt_with_tags: str):
         return resolve_prompt(prompt_with_tags, self.loras)
 
     def infotext(self, prompt_with_tags: str, seed: int, settings: GenerationSettings) -> str:
         from .infotext import format_infotext
 
-        return format_infotext(prompt_with_tags, settings, seed, model_label(self.model), getattr(self.model, "legacy_hash", None))
+        return format_infotext(prompt_with_tags, settings, seed, self.model_name, self.model_hash)
 
     def __call__(self, prompt_with_tags: str, seed: int, settings: GenerationSettings, progress=None):
         settings = settings.checked()
@@ -209,6 +218,25 @@ class DiffusersRenderer:
         image = to_pil(pixels[None])[0]
         image.info["parameters"] = self.infotext(prompt_with_tags, seed, settings)
         return image
+
+
+_kept: dict = {}  # {"key": (checkpoint, lora folder), "renderer": DiffusersRenderer}
+_kept_lock = threading.Lock()
+
+
+@contextmanager
+def kept_renderer(checkpoint_path: str, lora_dir: Path | str):
+    """The standalone Test panel's renderer, held for one image or one grid. The base model stays
+    loaded between tests and is loaded again only when the checkpoint changes."""
+    from ..models import load_sd_model
+
+    with _kept_lock:
+        key = (str(checkpoint_path), str(lora_dir))
+        if _kept.get("key") != key:
+            _kept.clear()
+            device, dtype = pick_device()
+            _kept.update(key=key, renderer=DiffusersRenderer(place_model(load_sd_model(checkpoint_path), device, dtype), lora_dir))
+        yield _kept["renderer"]
 
 
 def sample_images(model, prompts: list[str], seed: int, settings: GenerationSettings, progress=None) -> list:

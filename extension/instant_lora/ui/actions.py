@@ -139,6 +139,18 @@ def caption_of(image_path: str, caption_extension: str = ".txt") -> str:
     return (read_caption(Path(image_path), caption_extension) or "") if image_path else ""
 
 
+def describe_uploads(files) -> str:
+    """What the upload box holds, before anything is copied."""
+    paths = [Path(getattr(f, "name", f)) for f in (files or [])]
+    if not paths:
+        return ""
+    images = sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in paths)
+    captions = sum(p.suffix.lower() == ".txt" for p in paths)
+    other = len(paths) - images - captions
+    parts = [f"{images} image(s)", f"{captions} caption file(s)"] + ([f"{other} other file(s), which will be skipped"] if other else [])
+    return f"{len(paths)} file(s) ready to add: {', '.join(parts)}. Set the dataset name and repeats, then Add to dataset."
+
+
 def import_uploads(files, data_dir: str | Path, dataset_name: str, repeats: int) -> tuple[str, str]:
     """Copy uploaded images (+ same-named .txt captions) into <data_dir>/datasets/<name>/<N>_<name>/.
     Non-images and unreadable images are reported and not copied. Returns (dataset folder, report)."""
@@ -230,6 +242,7 @@ def plan_markdown(values: dict, scan) -> str:
         lines.append(f"{len(scan.items)} images x repeats = {per_epoch} per epoch; x {epochs} epochs / batch {cfg.train_batch_size}"
                      f"{' x accumulation ' + str(cfg.gradient_accumulation_steps) if cfg.gradient_accumulation_steps > 1 else ''}"
                      f" = **{steps_epoch * epochs} steps**")
+        lines.append(_saves_line(cfg, epochs, steps_epoch))
     try:
         trainable, base = lora_parameter_count(cfg.rank, cfg.preset, not cfg.network_train_unet_only)
         lines.append(f"trainable: **{trainable / 1e6:.2f} M** parameters = {100 * trainable / base:.2f}% of SD1.5's "
@@ -240,6 +253,21 @@ def plan_markdown(values: dict, scan) -> str:
     if problems:
         lines.append("**fix:** " + "; ".join(problems))
     return "\n\n".join(lines)
+
+
+def _saves_line(cfg: TrainConfig, epochs: int, steps_epoch: int) -> str:
+    """How many files the run leaves in the Lora folder: each is a row of the test grid."""
+    steps = epochs * steps_epoch
+    at, every = set(), []
+    if cfg.save_every_n_epochs:
+        every.append(f"every {cfg.save_every_n_epochs} epoch(s)")
+        at |= {e * steps_epoch for e in range(cfg.save_every_n_epochs, epochs, cfg.save_every_n_epochs)}
+    if cfg.save_every_n_steps:
+        every.append(f"every {cfg.save_every_n_steps} steps")
+        at |= set(range(cfg.save_every_n_steps, steps, cfg.save_every_n_steps))
+    if not every:
+        return "saves: the final file only"
+    return f"saves: the final file + {len(at)} intermediate ({' and '.join(every)}), each a row in the test grid"
 
 
 def sample_prompt_file(text: str, every_n, data_dir: Path, name: str) -> tuple[str | None, int | None]:

@@ -178,6 +178,10 @@ def build_ui(host, job=None):
                 grid_cell = gr.Dropdown(choices=[], label="Cell", elem_id="il_grid_cell",
                                         info="The picked cell becomes the LoRA's preview and its weight the preferred weight.")
                 preview_btn = gr.Button("Use as preview", elem_id="il_use_preview")
+            cell_info = copyable_textbox(gr, label="Cell parameters", lines=3, interactive=False, elem_id="il_grid_cell_info",
+                                         info="The picked cell's prompt and settings, as txt2img reads them (paste into its prompt box).")
+            if hasattr(host, "extend_test_panel"):  # the WebUI: "Send cell to txt2img"
+                host.extend_test_panel(gr, demo, cell_info)
             grid_msg = gr.Markdown(elem_id="il_grid_msg")
 
         # ---- wiring ---------------------------------------------------------------------------
@@ -207,6 +211,8 @@ def build_ui(host, job=None):
                 return ("", _message(e)) + (gr.update(),) * 5
             return (folder, report) + show_dataset(folder, ext)
 
+        # Says what arrived, so nobody clicks "Add to dataset" while the browser is still uploading.
+        uploads.change(lambda files: actions.describe_uploads(upload_paths(files)), [uploads], [dataset_msg])
         upload_btn.click(do_upload, [uploads, upload_name, upload_repeats, fields["caption_extension"]],
                          [dataset_dir, dataset_msg] + load_outputs).then(update_plan, plan_inputs, [plan_md])
 
@@ -285,7 +291,8 @@ def build_ui(host, job=None):
         save_preset_btn.click(do_save_preset, [preset_name] + field_inputs, [preset, preset_msg])
 
         for comp in [fields[n] for n in ("network_dim", "network_alpha", "network_train_unet_only", "max_train_epochs",
-                                         "train_batch_size", "gradient_accumulation_steps", "network_args")]:
+                                         "max_train_steps", "train_batch_size", "gradient_accumulation_steps", "network_args",
+                                         "save_every_n_epochs", "save_every_n_steps") if n in fields]:
             comp.change(update_plan, plan_inputs, [plan_md])
 
         def start(folder, ckpt, replace, prompts_text, every_n, *vals):
@@ -341,8 +348,7 @@ def build_ui(host, job=None):
 
         def do_generate(ckpt, prompt, seed, *settings):
             try:
-                image, used = testing.generate_image(job, host.checkpoint_path(ckpt), host.lora_dir, prompt, seed,
-                                                     testing.settings_from(*settings))
+                image, used = testing.generate_image(job, host, ckpt, prompt, seed, testing.settings_from(*settings))
             except InstantLoraError as e:
                 return None, _message(e)
             return image, f"seed {used}"
@@ -351,15 +357,16 @@ def build_ui(host, job=None):
 
         def do_grid(ckpt, run, prompt, weights, seed, *settings):
             try:
-                grid = testing.generate_grid(job, host.checkpoint_path(ckpt), host.lora_dir, run.strip(), prompt, weights, seed,
-                                             testing.settings_from(*settings), host.data_dir / "grids")
+                grid = testing.generate_grid(job, host, ckpt, run.strip(), prompt, weights, seed, testing.settings_from(*settings))
             except InstantLoraError as e:
-                return None, None, gr.update(choices=[]), _message(e)
+                return None, None, gr.update(choices=[], value=None), "", _message(e)
             labels = testing.cell_labels(grid)
-            return grid.image, grid, gr.update(choices=labels, value=None), f"{len(grid.rows)} x {len(grid.weights)} grid"
+            return (grid.image, grid, gr.update(choices=labels, value=None), "",
+                    f"{len(grid.rows)} x {len(grid.weights)} grid, seed {grid.seed}")
 
         grid_btn.click(do_grid, [checkpoint, grid_run, test_prompt, grid_weights, test_seed] + settings_inputs,
-                       [grid_image, grid_state, grid_cell, grid_msg])
+                       [grid_image, grid_state, grid_cell, cell_info, grid_msg])
+        grid_cell.change(testing.cell_infotext, [grid_state, grid_cell], [cell_info])
 
         def click_cell(grid, evt: gr.SelectData):
             if grid is None or evt.index is None:

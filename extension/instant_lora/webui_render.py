@@ -1,0 +1,125 @@
+"""The Test panel inside the WebUI: images made by the WebUI's own txt2img processing, so its
+samplers, its Lora loader and its checkpoint make them -- what the grid shows is what the same
+prompt gives in txt2img.
+
+One session is one image or one grid: it waits for a running generation, then holds the WebUI's
+queue lock (txt2img waits meanwhile, as behind any generation), shows the job in `shared.state`,
+and stops at the Interrupt button. Imports of the WebUI's `modules` happen inside the calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from contextlib import contextmanager
+
+from .errors import InstantLoraError
+from .sample.tags import parse_prompt
+
+# Our sampler names -> (WebUI >= 1.9 sampler, its "Schedule type"). Before 1.9 the schedule was
+# part of the sampler's name ("DPM++ 2M Karras") and processing had no `scheduler` field.
+WEBUI_SAMPLERS = {"Euler a": ("Euler a", "Automatic"), "DPM++ 2M Karras": ("DPM++ 2M", "Karras"),
+                  "DDIM": ("DDIM", "Automatic")}
+
+
+def _init_fields(cls) -> set[str]:
+    if dataclasses.is_dataclass(cls):
+        return {f.name for f in dataclasses.fields(cls) if f.init}
+    return set(inspect.signature(cls).parameters)
+
+
+def processing_kwargs(cls, prompt: str, seed: int, settings, checkpoint_title: str | None) -> dict:
+    """Arguments for the WebUI's StableDiffusionProcessingTxt2Img: one image, nothing saved to the
+    outputs folder, settings overridden for this image only (restored afterwards)."""
+    fields = _init_fields(cls)
+    sampler, schedule = WEBUI_SAMPLERS[settings.sampler]
+    kwargs = dict(prompt=prompt, negative_prompt=settings.negative_prompt, seed=int(seed), subseed=-1, subseed_strength=0,
+                  sampler_name=sampler, batch_size=1, n_iter=1, steps=settings.steps, cfg_scale=settings.cfg_scale,
+                  width=settings.width, height=settings.height, do_not_save_samples=True, do_not_save_grid=True,
+                  override_settings_restore_afterwards=True)
+    if "scheduler" in fields:
+        kwargs["scheduler"] = schedule
+    else:
+        kwargs["sampler_name"] = settings.sampler
+    overrides = {}
+    if checkpoint_title:
+        overrides["sd_model_checkpoint"] = checkpoint_title  # loaded once; the next txt2img goes back by itself
+    if settings.clip_skip > 1:
+        overrides["CLIP_stop_at_last_layers"] = settings.clip_skip
+    kwargs["override_settings"] = overrides
+    return kwargs
+
+
+class WebUIRenderer:
+    """render(prompt_with_tags, seed, settings) -> PIL image through modules.processing. The
+    image carries the WebUI's own infotext (what "Send to txt2img" pastes)."""
+
+    def __init__(self, host, checkpoint_info=None):
+        from .sample.lora_files import LoraLibrary
+
+        self.host = host
+        self.info = checkpoint_info  # None: the checkpoint the WebUI has loaded
+        self.loras = LoraLibrary(host.lora_dir)
+
+    @property
+    def _override_title(self) -> str | None:
+        if self.info is None or self.info.title == self.host.loaded_checkpoint():
+            return None  # already loaded: no override, no reload
+        return self.info.title
+
+    @property
+    def model_name(self) -> str:
+        info = self.info or getattr(getattr(self.host.sd_models.model_data, "sd_model", None), "sd_checkpoint_info", None)
+        return str(getattr(info, "name_for_extra", "") or "")
+
+    @property
+    def model_hash(self) -> str | None:
+        info = self.info or getattr(getattr(self.host.sd_models.model_data, "sd_model", None), "sd_checkpoint_info", None)
+        return getattr(info, "shorthash", None)
+
+    def check_prompt(self, prompt: str) -> None:
+        """Unknown LoRA names fail here, naming the closest match: the WebUI's loader would only
+        print "Networks not found" to its console and draw the image without them."""
+        for tag in parse_prompt(prompt).loras:
+            self.loras.find(tag.name)
+
+    def __call__(self, prompt_with_tags: str, seed: int, settings, progress=None):
+        from modules import processing
+
+        settings = settings.checked()
+        self.check_prompt(prompt_with_tags)
+        state = self.host.shared.state
+        if state.interrupted:
+            raise InstantLoraError("interrupted (the Interrupt button)")
+        cls = processing.StableDiffusionProcessingTxt2Img
+        p = cls(**processing_kwargs(cls, prompt_with_tags, seed, settings, self._override_title))
+        try:
+            processed = processing.process_images(p)
+        finally:
+            p.close()
+        if state.interrupted:
+            raise InstantLoraError("interrupted (the Interrupt button)")
+        if not getattr(processed, "images", None):
+            raise InstantLoraError("the WebUI returned no image", hint="its console says why")
+        image = processed.images[0]
+        infotexts = getattr(processed, "infotexts", None) or [getattr(processed, "info", "")]
+        image.info["parameters"] = infotexts[0]
+        return image
+
+
+@contextmanager
+def webui_session(host, checkpoint_label: str | None, job: str = "Instant LoRA test"):
+    """A WebUIRenderer while holding the WebUI's queue lock, the job shown in shared.state."""
+    from modules import call_queue
+
+    info = host._match(checkpoint_label) if checkpoint_label else None
+    if checkpoint_label and info is None:
+        raise InstantLoraError(f"checkpoint '{checkpoint_label}' is not in the WebUI's list",
+                               hint="press the refresh button next to the checkpoint list")
+    state = host.shared.state
+    with call_queue.queue_lock:  # after a running generation; txt2img waits for us
+        state.begin(job=job)
+        try:
+            yield WebUIRenderer(host, info)
+        finally:
+            state.end()

@@ -1,0 +1,177 @@
+"""The Test panel inside the WebUI: images and the weight x epoch grid go through the WebUI's own
+txt2img processing (stand-in: tests/webui_stub/modules/processing.py), under its queue lock, with
+its samplers' names, its checkpoint, and its infotext for "Send cell to txt2img"."""
+
+import dataclasses
+import threading
+import time
+
+import pytest
+from webui_stub.harness import webui
+
+from instant_lora.errors import InstantLoraError
+from instant_lora.jobs import TrainingJob
+from instant_lora.sample.settings import GenerationSettings
+from instant_lora.ui import testing
+
+RUN = "shapes"
+
+
+def _lora_file(path, steps: int, seed: int):
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    save_file({"lora_unet_x.lora_down.weight": torch.randn(4, 8, generator=g)}, str(path),
+              metadata={"ss_output_name": RUN, "ss_steps": str(steps)})
+
+
+@pytest.fixture
+def w(tmp_path, monkeypatch):
+    with webui(tmp_path) as stub:
+        monkeypatch.setattr("instant_lora.jobs._JOB", TrainingJob())
+        _lora_file(stub.lora_dir / f"{RUN}-000001.safetensors", 10, 1)
+        _lora_file(stub.lora_dir / f"{RUN}.safetensors", 20, 2)
+        stub.shared.opts.data["outdir_txt2img_grids"] = "outputs/txt2img-grids"  # the WebUI's default
+        yield stub
+
+
+@pytest.fixture
+def host(w):
+    from instant_lora.webui_host import WebUIHost
+
+    return WebUIHost(job=TrainingJob())
+
+
+def _processed(calls):
+    return [c for c in calls if isinstance(c, tuple) and c[0] == "processing.process_images"]
+
+
+SETTINGS = GenerationSettings(negative_prompt="blurry", steps=12, cfg_scale=6, sampler="DPM++ 2M Karras", width=64, height=64)
+
+
+def test_grid_goes_through_the_webuis_txt2img_under_its_queue_lock(w, host):
+    grid = testing.generate_grid(host.job, host, host.default_checkpoint(), RUN, "shpz, red square", "0, 0.5, 1", 3, SETTINGS)
+    calls = _processed(w.calls)
+    assert len(calls) == 5 == grid.renders  # weight 0 (the base model) once for both rows
+    prompts = [c[1] for c in calls]
+    assert prompts == ["shpz, red square", f"shpz, red square <lora:{RUN}-000001:0.5>", f"shpz, red square <lora:{RUN}-000001:1>",
+                       f"shpz, red square <lora:{RUN}:0.5>", f"shpz, red square <lora:{RUN}:1>"]
+    assert {c[2:5] for c in calls} == {(3, "DPM++ 2M", "Karras")}  # one seed; 1.10's sampler + schedule type
+    assert all(c[5] == {} for c in calls)  # the loaded checkpoint: no override, no reload
+    # one session: the queue lock taken once around all of it, the job shown in shared.state
+    held = [c for c in w.calls if c in ("queue_lock.acquire", "queue_lock.release") or (isinstance(c, tuple) and c[0] in ("state.begin", "state.end"))]
+    assert held[0] == "queue_lock.acquire" and held[1][0] == "state.begin" and held[-1] == "queue_lock.release"
+    assert held.count("queue_lock.acquire") == 1 and not w.sd_models.FORGE
+    # weight 0 is the base model's image; the LoRA changes the others
+    colours = [[cell.getpixel((0, 0)) for cell in row] for row in grid.cells]
+    assert colours[0][0] == colours[1][0] and len({colours[0][1], colours[0][2], colours[1][1], colours[1][2], colours[0][0]}) == 5
+    # each cell keeps the WebUI's own infotext (what its paste reads), the grid PNG lands in its grids folder
+    info = grid.cell_infotext(1, 2)
+    assert info.startswith(f"shpz, red square <lora:{RUN}:1>\nNegative prompt: blurry\n") and "Version: v1.10.1" in info
+    assert "Lora hashes" in info and "Seed: 3" in info
+    saved = list((w.root / "outputs" / "txt2img-grids").glob(f"{RUN}-grid-*.png"))
+    assert len(saved) == 1
+    from PIL import Image
+
+    assert "Grid weights: \"0, 0.5, 1\"" in Image.open(saved[0]).info["parameters"]
+    assert all(c == "queue_lock.release" or c != "queue_lock.acquire" for c in w.calls[-1:])
+
+
+def test_another_checkpoint_is_used_for_the_test_and_the_users_choice_comes_back(w, host):
+    assert host.loaded_checkpoint() == "sd15/dreamy.ckpt"
+    image, seed = testing.generate_image(host.job, host, "v1-5-pruned-emaonly.safetensors", f"<lora:{RUN}:0.8> shpz", 5, SETTINGS)
+    call, = _processed(w.calls)
+    assert call[5] == {"sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors"} and seed == 5
+    assert "Model: v1-5-pruned-emaonly" in image.info["parameters"]
+    assert w.shared.opts.data["sd_model_checkpoint"] == "sd15/dreamy.ckpt"  # restored: the next txt2img loads it again
+
+
+def test_unknown_lora_names_fail_before_the_webui_runs(w, host):
+    with pytest.raises(InstantLoraError, match=f"did you mean '{RUN}'"):
+        testing.generate_image(host.job, host, host.default_checkpoint(), "<lora:shapez:0.8> shpz", 1, SETTINGS)
+    assert _processed(w.calls) == []
+    assert w.calls.count("queue_lock.acquire") == w.calls.count("queue_lock.release") == 1
+    from modules import call_queue
+
+    assert not call_queue.queue_lock.locked()
+
+
+def test_interrupt_stops_the_grid_and_gives_everything_back(w, host):
+    from modules import call_queue, processing
+
+    seen = []
+
+    def press_interrupt(p):
+        seen.append(p.prompt)
+        if len(seen) == 2:
+            w.shared.state.interrupt()  # the WebUI's Interrupt button during the second image
+
+    processing.ON_PROCESS.append(press_interrupt)
+    with pytest.raises(InstantLoraError, match="interrupted"):
+        testing.generate_grid(host.job, host, host.default_checkpoint(), RUN, "shpz", "0, 1", 3, SETTINGS)
+    assert len(seen) == 2
+    assert not call_queue.queue_lock.locked() and ("state.end") in [c if isinstance(c, str) else c[0] for c in w.calls]
+    assert not list(w.root.rglob(f"{RUN}-grid-*.png"))
+    # the next test begins afresh (state.begin clears the flag)
+    processing.ON_PROCESS.clear()
+    testing.generate_image(host.job, host, host.default_checkpoint(), "shpz", 1, SETTINGS)
+
+
+def test_waits_for_a_running_generation(w, host):
+    from modules import call_queue
+
+    call_queue.queue_lock.acquire()  # txt2img is generating
+    done = []
+    t = threading.Thread(target=lambda: done.append(testing.generate_image(host.job, host, host.default_checkpoint(), "shpz", 1, SETTINGS)))
+    t.start()
+    time.sleep(0.3)
+    assert not done and _processed(w.calls) == []
+    call_queue.queue_lock.release()
+    t.join(10)
+    assert done and len(_processed(w.calls)) == 1
+
+
+def test_no_test_while_a_training_runs(w, host, monkeypatch):
+    monkeypatch.setattr(host.job, "snapshot", lambda: type("S", (), {"running": True})())
+    with pytest.raises(InstantLoraError, match="training is running"):
+        testing.generate_grid(host.job, host, host.default_checkpoint(), RUN, "shpz", "0, 1", 3, SETTINGS)
+    assert _processed(w.calls) == [] and "queue_lock.acquire" not in w.calls
+
+
+def test_older_webui_without_schedule_type_gets_the_old_sampler_name():
+    from instant_lora.webui_render import processing_kwargs
+
+    @dataclasses.dataclass
+    class OldProcessing:  # before 1.9: no `scheduler` field
+        prompt: str = ""
+        sampler_name: str = None
+
+    @dataclasses.dataclass
+    class NewProcessing(OldProcessing):
+        scheduler: str = None
+
+    settings = SETTINGS.checked()
+    old = processing_kwargs(OldProcessing, "p", 1, settings, None)
+    new = processing_kwargs(NewProcessing, "p", 1, settings, None)
+    assert (old["sampler_name"], "scheduler" in old) == ("DPM++ 2M Karras", False)
+    assert (new["sampler_name"], new["scheduler"]) == ("DPM++ 2M", "Karras")
+    assert new["do_not_save_samples"] and new["do_not_save_grid"] and new["override_settings_restore_afterwards"]
+    clip2 = processing_kwargs(NewProcessing, "p", 1, dataclasses.replace(settings, clip_skip=2), "x.safetensors")
+    assert clip2["override_settings"] == {"sd_model_checkpoint": "x.safetensors", "CLIP_stop_at_last_layers": 2}
+
+
+def test_send_cell_to_txt2img_uses_the_webuis_paste(w):
+    gr = pytest.importorskip("gradio")
+    from instant_lora import webui_host
+    from instant_lora.ui import actions
+
+    actions.lora_parameter_count(16, "default", True)
+    (demo, _, _), = webui_host.ui_tabs()
+    from modules import infotext_utils
+
+    ids = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    binding, = infotext_utils.registered_param_bindings
+    assert binding.tabname == "txt2img" and binding.paste_button is ids["il_cell_to_txt2img"]
+    assert binding.source_text_component is ids["il_grid_cell_info"]
+    assert isinstance(ids["il_grid_cell_info"], gr.Textbox)

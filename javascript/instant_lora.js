@@ -1,8 +1,9 @@
 // Instant LoRA: WebUI front-end glue (A1111 1.10 and Forge load every javascript/*.js into the page).
 //  - "Send to txt2img": puts `<lora:name:w> trigger words` into the txt2img prompt, tells Gradio
 //    about the change (the WebUI's updateInput), and switches to the txt2img tab.
-//  - When a training ends with a saved file, the Lora cards refresh by themselves: this clicks the
-//    WebUI's hidden `<tab>_lora_extra_refresh_internal` buttons, as its own Refresh does.
+//  - When a training ends with a saved file, or a grid cell becomes a LoRA's preview, the Lora
+//    cards refresh by themselves: this clicks the WebUI's hidden `<tab>_lora_extra_refresh_internal`
+//    buttons, as its own Refresh does.
 // The same file loads in node for the tests (module.exports at the bottom).
 
 (function(root) {
@@ -143,8 +144,21 @@
 
     var watcher = new SavedWatcher();
 
+    // The grid's message after "Use as preview" ("`x.preview.png` is now the card preview ..."):
+    // a new one means a card's thumbnail changed on disk.
+    function previewMessage(doc) {
+        var el = app(doc).querySelector("#il_grid_msg");
+        var text = el ? (el.textContent || "") : "";
+        return text.indexOf("is now the card preview") !== -1 ? text.trim() : "";
+    }
+
+    var lastPreview = null;
+
     function tick(doc) {
-        if (watcher.update(jobView(doc))) return refreshLoraCards(doc);
+        var preview = previewMessage(doc);
+        var newPreview = lastPreview !== null && preview && preview !== lastPreview;
+        lastPreview = preview;
+        if (watcher.update(jobView(doc)) || newPreview) return refreshLoraCards(doc);
         return 0;
     }
 

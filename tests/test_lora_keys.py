@@ -79,7 +79,8 @@ def test_every_key_maps_to_a_layer_of_the_original_checkpoint(sd15_skeleton):
 
 
 def test_tiny_model_keys_match_real_modules():
-    from instant_lora.lora.kohya_file import extract_state_dict, merge_deltas
+    from instant_lora.lora.kohya_file import extract_state_dict
+    from instant_lora.sample.apply import merge_lora
     from instant_lora.lora.layers import inject_lora
     from instant_lora.tiny import build_tiny_sd
 
@@ -89,11 +90,11 @@ def test_tiny_model_keys_match_real_modules():
     sd = extract_state_dict(m.unet, m.text_encoder)
     assert len(sd) == 3 * (48 + 12)
     fresh = build_tiny_sd(0)
-    merge_deltas(sd, fresh.unet, fresh.text_encoder)  # raises on any unmatched key
+    merge_lora(sd, fresh.unet, fresh.text_encoder)  # raises on any unmatched key
     sd["lora_unet_no_such_module.alpha"] = torch.tensor(1.0)
     sd["lora_unet_no_such_module.lora_down.weight"] = torch.zeros(4, 4)
     sd["lora_unet_no_such_module.lora_up.weight"] = torch.zeros(4, 4)
     from instant_lora.errors import InstantLoraError
 
-    with pytest.raises(InstantLoraError, match="match no module"):
-        merge_deltas(sd, build_tiny_sd(0).unet, fresh.text_encoder)
+    with pytest.raises(InstantLoraError, match="match nothing in this model"):
+        merge_lora(sd, build_tiny_sd(0).unet, fresh.text_encoder)

@@ -9,7 +9,7 @@ import torch
 from test_sample_support import assert_bit_identical, model_state, random_lora_state_dict, write_lora
 
 from instant_lora.errors import InstantLoraError
-from instant_lora.lora.kohya_file import merge_deltas
+from instant_lora.lora.kohya_file import TE_PREFIX, kohya_name
 from instant_lora.sample.apply import LoraMerger
 from instant_lora.sample.lora_files import LoraLibrary
 from instant_lora.tiny import build_tiny_sd
@@ -50,16 +50,22 @@ def test_fp16_cycles_on_cuda_are_exact():
     assert_bit_identical(before, m)
 
 
-def test_merge_matches_the_trainers_merge_math(model):
+def test_merge_is_the_loaders_formula_module_by_module(model):
+    """W + up @ down * alpha / rank * weight, written out here per module (UNet at 0.6, text
+    encoder at 0.2), against what the merger leaves in the model."""
     sd = random_lora_state_dict(model, seed=4, rank=4, alpha=3.0)
-    reference = build_tiny_sd(0)
-    merge_deltas(sd, reference.unet, reference.text_encoder, multiplier=0.6, te_multiplier=0.2)
+    before = {n: m.weight.detach().clone() for prefix, net in (("lora_unet", model.unet), (TE_PREFIX, model.text_encoder))
+              for path, m in net.named_modules() if path and (n := kohya_name(prefix, path)) + ".alpha" in sd}
+    assert len(before) == len({k.split(".")[0] for k in sd})
     with LoraMerger(model.unet, model.text_encoder) as merger:
         merger.apply(sd, unet_weight=0.6, te_weight=0.2)
-        mine = dict(model.unet.named_parameters()) | dict(model.text_encoder.named_parameters())
-        ref = dict(reference.unet.named_parameters()) | dict(reference.text_encoder.named_parameters())
-        for k in mine:
-            assert torch.allclose(mine[k], ref[k], rtol=0, atol=1e-6), k
+        after = {n: m.weight for prefix, net in (("lora_unet", model.unet), (TE_PREFIX, model.text_encoder))
+                 for path, m in net.named_modules() if path and (n := kohya_name(prefix, path)) in before}
+        for name, w0 in before.items():
+            down, up, alpha = sd[name + ".lora_down.weight"], sd[name + ".lora_up.weight"], float(sd[name + ".alpha"])
+            weight = 0.2 if name.startswith(TE_PREFIX) else 0.6
+            expected = w0 + (up.flatten(1) @ down.flatten(1)).reshape(w0.shape) * alpha / down.shape[0] * weight
+            assert torch.allclose(after[name], expected, rtol=0, atol=1e-6), name
 
 
 def test_weight_zero_touches_nothing_and_split_weights_touch_one_side(model):

@@ -8,7 +8,8 @@ import torch
 from conftest import tiny_config
 
 from instant_lora.cache import encode_text, tokenize
-from instant_lora.lora.kohya_file import merge_deltas, read_lora_file
+from instant_lora.lora.kohya_file import read_lora_file
+from instant_lora.sample.apply import merge_lora
 from instant_lora.lora.layers import set_lora_enabled
 from instant_lora.tiny import build_tiny_sd
 from instant_lora.train.events import Saved, TrainControl
@@ -53,7 +54,7 @@ def test_lora_changes_unet_output_and_round_trips(train_set, tmp_path):
     sd, md = read_lora_file(result.path)
     fresh = build_tiny_sd(0)
     assert torch.equal(unet_output(fresh), base)
-    merge_deltas(sd, fresh.unet, fresh.text_encoder)
+    merge_lora(sd, fresh.unet, fresh.text_encoder)
     assert torch.allclose(unet_output(fresh), trained, atol=1e-5, rtol=1e-4)
     assert md["ss_network_dim"] == "8" and md["ss_network_alpha"] == "2.0"
     assert float(sd["lora_unet_down_blocks_0_attentions_0_proj_in.alpha"]) == 2.0
@@ -68,7 +69,7 @@ def test_alpha_differs_from_rank(train_set, tmp_path, rank, alpha):
     sd, _ = read_lora_file(result.path)
     assert all(float(v) == alpha for k, v in sd.items() if k.endswith(".alpha"))
     fresh = build_tiny_sd(0)
-    merge_deltas(sd, fresh.unet, fresh.text_encoder)
+    merge_lora(sd, fresh.unet, fresh.text_encoder)
     assert torch.allclose(unet_output(fresh), trained, atol=1e-5, rtol=1e-4)
 
 

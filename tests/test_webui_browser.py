@@ -3,7 +3,8 @@ top-level #tabs, #txt2img_prompt, the Lora cards' hidden refresh button, the Web
 updateInput(), its paste of infotext into the txt2img fields) with the real Instant LoRA tab rendered
 into it: the settings' defaults reach the tab, a run that ends refreshes the Lora cards by itself,
 "Send to txt2img" fills the prompt so that Gradio's backend sees it and switches tabs, and a grid
-made through the WebUI's txt2img sends a picked cell's prompt and settings to txt2img. Runs on the installed Gradio (3.41 in the WebUI env,
+made through the WebUI's txt2img sends a picked cell's prompt and settings to txt2img, and the
+cell made the LoRA's preview refreshes the cards. Runs on the installed Gradio (3.41 in the WebUI env,
 4.40 in the Forge env)."""
 
 import os
@@ -193,6 +194,13 @@ def test_cards_refresh_send_to_txt2img_and_a_grid_cell_to_txt2img(webui_page, mo
             page.locator("#echo_btn").click()
             page.wait_for_function("() => (document.querySelector('#echo textarea')?.value || '').includes('grid_run')")
             page.screenshot(path=str(SHOTS / f"webui-grid-cell-to-txt2img-gradio{_gradio_major()}.png"))
+
+            # The same cell as the card's preview: the Lora cards refresh to show it.
+            page.evaluate("() => instantLora.switchToTab('Instant LoRA')")
+            page.locator("#il_use_preview").click()
+            page.wait_for_function("() => (document.querySelector('#il_grid_msg')?.innerText || '').includes('card preview')")
+            assert (w.lora_dir / "grid_run.preview.png").is_file()
+            page.wait_for_function("() => document.querySelector('#refreshed input')?.value === '2'")
         finally:
             browser.close()
 

@@ -302,3 +302,24 @@ def test_rest_runs_get_the_settings_sample_prompts_and_a_preset(w, train_set):
     config, _ = api_routes.build_config(host, {"train_data_dir": str(train_set), "output_name": "t", "sample_every_n_steps": 5,
                                                "sample_prompts": str(Path(config.sample_prompts))})
     assert config.sample_every_n_steps == 5  # the request's own sample settings win
+
+
+def test_captioning_in_the_tab_waits_for_the_webui_and_holds_its_queue(w, monkeypatch, train_set):
+    from modules import call_queue
+
+    from instant_lora.captioning import CaptionReport
+
+    seen = []
+
+    def fake_caption_folder(folder, options, progress=None):
+        seen.append((call_queue.queue_lock.locked(), w.shared.state.job))
+        return CaptionReport(folder=str(folder), mode=options.mode)
+
+    monkeypatch.setattr("instant_lora.captioning.caption_folder", fake_caption_folder)
+    demo, ids = _tab()
+    (do_caption, inputs), = _handlers(demo)["do_caption"]
+    out = do_caption(str(train_set), "fill", "ViT-L-14", "", "", ".txt", progress_bar=lambda *a, **k: None)
+    assert "0 written" in out[0]
+    assert seen == [(True, "Instant LoRA: captioning")]  # txt2img waits while CLIP runs
+    assert w.calls.count("queue_lock.acquire") == w.calls.count("queue_lock.release") == 1
+    assert not call_queue.queue_lock.locked()

@@ -3,6 +3,7 @@ hand-off, progress reporting. The UI talks to a Host; the WebUI entry script pas
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from .models import SINGLE_FILE_SUFFIXES
@@ -54,6 +55,11 @@ class Host:
 
     def progress_sinks(self) -> list:
         return []
+
+    def exclusive(self, job: str):
+        """Context manager around GPU work outside training (captioning, test images): here
+        nothing to wait for; the WebUI waits for its running generation and holds its queue."""
+        return nullcontext()
 
     # ---- the Test panel ---------------------------------------------------------------------
     def test_renderer(self, checkpoint_label: str):

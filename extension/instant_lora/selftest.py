@@ -38,7 +38,8 @@ def run_selftest(verbose: bool = True) -> bool:
     import torch
 
     from .config import TrainConfig
-    from .lora.kohya_file import merge_deltas, read_lora_file
+    from .lora.kohya_file import read_lora_file
+    from .sample.apply import merge_lora
     from .tiny import build_tiny_sd
     from .train.events import ConsoleSink
     from .train.loop import train
@@ -69,7 +70,7 @@ def run_selftest(verbose: bool = True) -> bool:
             trained = _unet_output(model, "selftest, red circle")
             fresh = build_tiny_sd(0)
             base = _unet_output(fresh, "selftest, red circle")
-            merge_deltas(sd, fresh.unet, fresh.text_encoder)
+            merge_lora(sd, fresh.unet, fresh.text_encoder)
             merged = _unet_output(fresh, "selftest, red circle")
             changed = float((merged - base).abs().max()) > 1e-4 * float(base.abs().max())
             checks.append(("the loaded LoRA changes the output", changed))

@@ -24,6 +24,7 @@ import shutil
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InstantLoraError
@@ -247,6 +248,19 @@ class WebUIHost(Host):
 
     def progress_sinks(self) -> list:
         return [WebUIProgressSink(self.shared.state, self.job)]
+
+    @contextmanager
+    def exclusive(self, job: str):
+        """Wait for a running generation, then hold the WebUI's queue (txt2img waits) with the job
+        shown in shared.state: for captioning and test images, which share the GPU with it."""
+        from modules import call_queue
+
+        with call_queue.queue_lock:
+            self.shared.state.begin(job=job)
+            try:
+                yield
+            finally:
+                self.shared.state.end()
 
     # ---- the Test panel: the WebUI's own txt2img ----------------------------------------------
     def test_renderer(self, checkpoint_label: str):

@@ -110,16 +110,9 @@ class WebUIRenderer:
 @contextmanager
 def webui_session(host, checkpoint_label: str | None, job: str = "Instant LoRA test"):
     """A WebUIRenderer while holding the WebUI's queue lock, the job shown in shared.state."""
-    from modules import call_queue
-
     info = host._match(checkpoint_label) if checkpoint_label else None
     if checkpoint_label and info is None:
         raise InstantLoraError(f"checkpoint '{checkpoint_label}' is not in the WebUI's list",
                                hint="press the refresh button next to the checkpoint list")
-    state = host.shared.state
-    with call_queue.queue_lock:  # after a running generation; txt2img waits for us
-        state.begin(job=job)
-        try:
-            yield WebUIRenderer(host, info)
-        finally:
-            state.end()
+    with host.exclusive(job):  # after a running generation; txt2img waits for us
+        yield WebUIRenderer(host, info)

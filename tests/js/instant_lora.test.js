@@ -157,6 +157,22 @@ test("without the WebUI's paste, a cell's prompt replaces the txt2img prompt and
     assert.equal(page.textarea.value, "<lora:run:0.7>, shpz");
 });
 
+test("a grid cell made the preview refreshes the cards once; an old message does not", () => {
+    const msg = h("div", {id: "il_grid_msg"}, [], "`old.preview.png` is now the card preview, preferred weight 1");
+    const refresh = h("button", {id: "txt2img_lora_extra_refresh_internal"});
+    const page = h("gradio-app", {}, [msg, refresh]);
+    glue.tick(page);  // the message was there when the page opened
+    glue.tick(page);
+    assert.equal(refresh.clicks, 0);
+    msg.textContent = "`run.preview.png` is now the card preview, preferred weight 0.7";
+    glue.tick(page);
+    glue.tick(page);
+    assert.equal(refresh.clicks, 1);
+    msg.textContent = "2 x 4 grid, seed 3";  // a new grid: nothing to refresh
+    glue.tick(page);
+    assert.equal(refresh.clicks, 1);
+});
+
 test("the script defines the globals the Send buttons' Gradio js= call", () => {
     assert.equal(typeof globalThis.instantLoraSendInfotextToTxt2img, "function");
     assert.equal(typeof globalThis.instantLoraSendToTxt2img, "function");

@@ -87,44 +87,6 @@ def load_into_layers(sd: dict, unet, text_encoder=None, source: str = "LoRA file
                                hint="use the same network preset and text-encoder setting as the run that wrote it")
 
 
-def _weight_delta(down, up, alpha: float, multiplier: float):
-    """up @ down * alpha / rank * multiplier, shaped like the base weight (Linear or 1x1 Conv)."""
-    rank = down.shape[0]
-    scale = alpha / rank * multiplier
-    if down.dim() == 4:
-        if down.shape[2:] != (1, 1):
-            raise InstantLoraError("3x3 conv LoRA merging is not supported yet")
-        return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], down.shape[1], 1, 1) * scale
-    return (up @ down) * scale
-
-
-def merge_deltas(sd: dict, unet, text_encoder=None, multiplier: float = 1.0, te_multiplier: float | None = None):
-    """Add a kohya LoRA into plain (non-peft) modules the way the WebUI and ComfyUI do:
-    W += up @ down * alpha / rank * multiplier. Returns {module: delta} for exact undo.
-    Every key must match a module: a LoRA that silently does nothing is the failure we prevent."""
-    import torch
-
-    modules = {kohya_name(UNET_PREFIX, n): m for n, m in unet.named_modules() if n}
-    if text_encoder is not None:
-        modules.update({kohya_name(TE_PREFIX, n): m for n, m in text_encoder.named_modules() if n})
-    names = sorted({split_key(k)[0] for k in sd})
-    unmatched = [n for n in names if n not in modules]
-    if unmatched:
-        raise InstantLoraError(f"{len(unmatched)} LoRA keys match no module of this model (e.g. {unmatched[0]}).",
-                               hint="the LoRA was trained for a different architecture (SD1.x expected)")
-    applied = {}
-    with torch.no_grad():
-        for n in names:
-            module = modules[n]
-            mult = te_multiplier if (te_multiplier is not None and n.startswith(TE_PREFIX + "_")) else multiplier
-            down, up = sd[n + ".lora_down.weight"], sd[n + ".lora_up.weight"]
-            alpha = float(sd[n + ".alpha"]) if n + ".alpha" in sd else float(down.shape[0])
-            delta = _weight_delta(down.float(), up.float(), alpha, mult).to(module.weight.device)
-            module.weight += delta.to(module.weight.dtype)
-            applied[module] = delta
-    return applied
-
-
 # ---- file I/O -------------------------------------------------------------------------------
 
 def tensor_data_hash(sd: dict) -> tuple[str, str]:

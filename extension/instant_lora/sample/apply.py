@@ -134,3 +134,14 @@ class LoraMerger:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+def merge_lora(sd: dict, unet, text_encoder=None, unet_weight: float = 1.0, te_weight: float | None = None,
+               source: str = "LoRA") -> int:
+    """Merge a LoRA into the model for good (no copies kept): the loaders' math, as a check that a
+    saved file reproduces the trained model. Raises when any key matches no module."""
+    merger = LoraMerger(unet, text_encoder)
+    count = merger.apply(sd, unet_weight, te_weight, source)
+    merger._backup.clear()  # keep the merged weights; the originals are not needed
+    merger.applied.clear()
+    return count

@@ -240,11 +240,14 @@ def build_ui(host, job=None):
 
             if not folder:
                 return ("Load a dataset first.",) + (gr.update(),) * 5
+            if job.snapshot().running:  # CLIP beside a training would fight it for VRAM
+                return ("A training is running: caption when it has finished.",) + (gr.update(),) * 5
             try:
                 opts = CaptionOptions(mode=mode, clip_model=model.strip() or "ViT-L-14", clip_pretrained=pretrained.strip(),
                                       prefix=trigger or "", caption_extension=ext or ".txt")
-                report = caption_folder(folder, opts, progress=lambda done, total, rate=0.0: progress_bar(
-                    done / max(total, 1), desc=f"captioning {done}/{total}"))
+                with host.exclusive("Instant LoRA: captioning"):
+                    report = caption_folder(folder, opts, progress=lambda done, total, rate=0.0: progress_bar(
+                        done / max(total, 1), desc=f"captioning {done}/{total}"))
             except InstantLoraError as e:
                 return (_message(e),) + (gr.update(),) * 5
             finally:

@@ -323,3 +323,8 @@ def test_captioning_in_the_tab_waits_for_the_webui_and_holds_its_queue(w, monkey
     assert seen == [(True, "Instant LoRA: captioning")]  # txt2img waits while CLIP runs
     assert w.calls.count("queue_lock.acquire") == w.calls.count("queue_lock.release") == 1
     assert not call_queue.queue_lock.locked()
+    from instant_lora.jobs import current_job
+
+    monkeypatch.setattr(current_job(), "snapshot", lambda: type("Snap", (), {"running": True})())
+    out = do_caption(str(train_set), "fill", "ViT-L-14", "", "", ".txt", progress_bar=lambda *a, **k: None)
+    assert "training is running" in out[0] and len(seen) == 1  # CLIP does not join a running training

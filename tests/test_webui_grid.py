@@ -175,3 +175,33 @@ def test_send_cell_to_txt2img_uses_the_webuis_paste(w):
     assert binding.tabname == "txt2img" and binding.paste_button is ids["il_cell_to_txt2img"]
     assert binding.source_text_component is ids["il_grid_cell_info"]
     assert isinstance(ids["il_grid_cell_info"], gr.Textbox)
+
+
+def test_rest_grid_route(w, host):
+    import base64
+    import io
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from instant_lora import api_routes
+
+    app = FastAPI()
+    assert api_routes.register(app, host, host.job)
+    client = TestClient(app)
+    r = client.post("/instant-lora/v1/grid", json={"run": RUN, "prompt": "shpz", "weights": [0, 1], "seed": 3, "steps": 4,
+                                                    "width": 64, "height": 64, "sampler": "DDIM"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["rows"] == ["epoch 1", "final"] and body["weights"] == [0.0, 1.0] and body["seed"] == 3
+    assert body["cells"][1][1]["prompt"] == f"shpz <lora:{RUN}:1>" and "Version: v1.10.1" in body["cells"][1][1]["infotext"]
+    image = Image.open(io.BytesIO(base64.b64decode(body["image"])))
+    assert image.size == Image.open(body["path"]).size and "Grid LoRAs" in image.info["parameters"]
+    assert {c[3] for c in _processed(w.calls)} == {"DDIM"}
+    for payload, status, text in [({"prompt": "x"}, 400, "run is required"), ({"run": "nope"}, 422, "no saved files"),
+                                  ({"run": RUN, "sampler": "euler b"}, 422, "did you mean"),
+                                  ({"run": RUN, "wieghts": [1]}, 422, "did you mean 'weights'"),
+                                  ({"run": RUN, "steps": "many"}, 422, "must be numbers"), ([1], 400, "JSON object")]:
+        r = client.post("/instant-lora/v1/grid", json=payload)
+        assert (r.status_code, text in r.json()["error"]) == (status, True), (payload, r.text)

@@ -85,7 +85,7 @@ def test_the_webui_loads_the_entry_script(tmp_path):
     assert r["paste_buttons"] == [["txt2img", "il_cell_to_txt2img", "il_grid_cell_info"]]  # the WebUI's paste, connected
     assert r["settings"]["instant_lora_keep_model_on_gpu"] == ["('instant_lora', 'Instant LoRA')", False]
     assert {"instant_lora_default_preset", "instant_lora_sample_prompts", "instant_lora_sample_every_n_steps"} <= set(r["settings"])
-    assert r["routes"] == [f"/instant-lora/v1/{p}" for p in ("cancel", "checkpoints", "loras", "progress", "train")]
+    assert r["routes"] == [f"/instant-lora/v1/{p}" for p in ("cancel", "checkpoints", "grid", "loras", "progress", "train")]
     assert r["progress"]["state"] == "idle"
     assert r["checkpoints"] == {"checkpoints": ["v1-5.safetensors"], "default": "v1-5.safetensors"}
     assert r["modules_after_unload"] == []  # Reload UI imports the extension afresh

@@ -7,6 +7,10 @@
     POST /instant-lora/v1/cancel     stop after the current step and save
     GET  /instant-lora/v1/loras      LoRAs in the WebUI's Lora folder trained here (?all=true: all)
     GET  /instant-lora/v1/checkpoints  the WebUI's checkpoints and the default one
+    POST /instant-lora/v1/grid       the weight x epoch grid of a run through the WebUI's txt2img:
+                                     {"run", "prompt", "weights", "seed", "steps", "cfg_scale",
+                                     "sampler", "width", "height", "negative_prompt", "checkpoint"}
+                                     -> the PNG (base64, as the WebUI's API), its path, each cell's infotext
 
 The LoRA always goes to the WebUI's Lora folder. When the WebUI runs with --api-auth, these routes
 ask for the same credentials. The handlers are plain functions (`start_training`, `progress`, ...)
@@ -163,6 +167,55 @@ def list_loras(host, include_all: bool = False) -> list[dict]:
     return out
 
 
+GRID_KEYS = ("run", "prompt", "weights", "seed", "steps", "cfg_scale", "sampler", "width", "height", "negative_prompt",
+             "checkpoint")
+
+
+def make_grid(host, job, payload: dict) -> dict:
+    """The Test panel's grid for a script: same rendering, same grids folder."""
+    import base64
+    import difflib
+
+    from .sample.infotext import png_bytes
+    from .sample.settings import GenerationSettings
+    from .ui import testing
+
+    if not isinstance(payload, dict):
+        raise ApiError(400, "the body must be a JSON object, e.g. {\"run\": \"my_style\", \"prompt\": \"a photo of mystyle\"}")
+    unknown = [k for k in payload if k not in GRID_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], GRID_KEYS, n=1)
+        raise ApiError(422, f"unknown key '{unknown[0]}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                       + f"; keys: {', '.join(GRID_KEYS)}")
+    run = str(payload.get("run") or "").strip()
+    if not run:
+        raise ApiError(400, "run is required: the output name of a training, e.g. \"my_style\"")
+    weights = payload.get("weights", "0, 0.4, 0.7, 1")
+    if isinstance(weights, (list, tuple)):
+        weights = ", ".join(str(w) for w in weights)
+    defaults = GenerationSettings()
+    try:
+        settings = GenerationSettings(
+            negative_prompt=str(payload.get("negative_prompt", "") or ""), steps=int(payload.get("steps", defaults.steps)),
+            cfg_scale=float(payload.get("cfg_scale", defaults.cfg_scale)), sampler=str(payload.get("sampler", defaults.sampler)),
+            width=int(payload.get("width", defaults.width)), height=int(payload.get("height", defaults.height))).checked()
+    except (TypeError, ValueError) as e:
+        raise ApiError(422, f"steps, cfg_scale, width, height and seed must be numbers ({e})") from e
+    except InstantLoraError as e:
+        raise ApiError(422, _error(e)) from e
+    try:
+        grid = testing.generate_grid(job, host, payload.get("checkpoint") or host.default_checkpoint(), run,
+                                     str(payload.get("prompt", "") or ""), weights, payload.get("seed", -1), settings)
+    except (TypeError, ValueError) as e:
+        raise ApiError(422, f"seed must be a whole number ({e})") from e
+    except InstantLoraError as e:
+        raise ApiError(409 if "training is running" in e.message else 422, _error(e)) from e
+    cells = [[{"weight": w, "prompt": grid.prompts[r][c], "infotext": grid.cell_infotext(r, c)} for c, w in enumerate(grid.weights)]
+             for r in range(len(grid.rows))]
+    return {"path": str(grid.path), "seed": grid.seed, "rows": grid.row_labels, "weights": grid.weights, "cells": cells,
+            "info": grid.infotext, "image": base64.b64encode(png_bytes(grid.image, grid.infotext)).decode("ascii")}
+
+
 def checkpoints(host) -> dict:
     return {"checkpoints": host.list_checkpoints(), "default": host.default_checkpoint()}
 
@@ -222,10 +275,23 @@ def register(app, host, job) -> bool:
     def checkpoints_route():
         return checkpoints(host)
 
+    async def grid_route(request: Request):
+        try:
+            payload = await request.json()
+        except ValueError:
+            return fail(ApiError(400, "the body is not JSON"))
+        from starlette.concurrency import run_in_threadpool
+
+        try:  # the images take a while: off the event loop
+            return await run_in_threadpool(make_grid, host, job, payload)
+        except ApiError as e:
+            return fail(e)
+
     tags = ["Instant LoRA"]
     app.add_api_route(f"{PREFIX}/train", train_route, methods=["POST"], dependencies=deps, tags=tags)
     app.add_api_route(f"{PREFIX}/progress", progress_route, methods=["GET"], dependencies=deps, tags=tags)
     app.add_api_route(f"{PREFIX}/cancel", cancel_route, methods=["POST"], dependencies=deps, tags=tags)
     app.add_api_route(f"{PREFIX}/loras", loras_route, methods=["GET"], dependencies=deps, tags=tags)
     app.add_api_route(f"{PREFIX}/checkpoints", checkpoints_route, methods=["GET"], dependencies=deps, tags=tags)
+    app.add_api_route(f"{PREFIX}/grid", grid_route, methods=["POST"], dependencies=deps, tags=tags)
     return True

@@ -156,6 +156,7 @@ class GridResult:
     row_labels: list[str] = field(default_factory=list)
     col_labels: list[str] = field(default_factory=list)
     rendered_infotexts: list[list] = field(default_factory=list)  # [row][col] what the renderer wrote, if anything
+    path: Path | None = None  # where save() last wrote the grid
 
     def cell_infotext(self, row: int, col: int) -> str:
         """The cell's own infotext: what "Send to txt2img" fills in. The renderer's own when it
@@ -165,7 +166,8 @@ class GridResult:
         return format_infotext(self.prompts[row][col], self.settings, self.seed, self.model_name, self.model_hash)
 
     def save(self, path: Path | str) -> Path:
-        return save_png(self.image, path, self.infotext)
+        self.path = save_png(self.image, path, self.infotext)
+        return self.path
 
     def choose(self, row: int, col: int) -> tuple[Path, Path]:
         """Make cell (row, col) its LoRA's card preview and its weight the preferred weight."""

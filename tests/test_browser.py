@@ -117,6 +117,28 @@ def open_accordion(page, elem_id: str):
     page.wait_for_timeout(1000)  # newer Gradio mounts an accordion's fields on first open; typing earlier can be lost
 
 
+CLEAR_UPLOADS = "#il_uploads button[aria-label=Clear], #il_uploads button[title=Clear]"
+
+
+def upload(page, files, tries: int = 3):
+    """Drop files on the upload box and wait until the app says what arrived (only then does "Add to
+    dataset" see them). Gradio 3.x can leave an upload at "Uploading..." for good when it meets
+    another event (gradio-app/gradio#5517; the page polls every second): a user presses x and drops
+    the files again, and so does this."""
+    for attempt in range(tries):
+        try:
+            page.set_input_files("#il_uploads input[type=file]", files, timeout=20_000)
+            wait_text(page, "il_dataset_msg", f"{len(files)} file(s) ready to add", timeout=40)
+            return
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            clear = page.locator(CLEAR_UPLOADS)
+            if clear.count():
+                clear.first.click()
+            page.wait_for_timeout(500)
+
+
 def fill_until(page, elem_id: str, value: str, shown_in: str, text: str, tries: int = 3):
     """Fill a field until the server has it, as seen in what it computes from it (`text` in
     #shown_in): a field typed into while it was being mounted shows the value but never sends it."""
@@ -162,9 +184,8 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     open_accordion(page, "il_upload_section")
     page.wait_for_selector("#il_uploads", state="visible")
     files = [str(imgs / n) for n in ("red.png", "blue.png", "red.txt", "notes.pdf")]
-    page.set_input_files("#il_uploads input[type=file]", files)
-    # The app says what arrived once the upload is complete: only then does the button see the files.
-    wait_text(page, "il_dataset_msg", "4 file(s) ready to add", timeout=120)
+    upload(page, files)
+    assert page.locator(CLEAR_UPLOADS).count() >= 1  # the x that upload() presses when an upload stalls
     fill(page, "il_upload_name", "shapes")
     page.locator("#il_upload_btn").click()
     wait_text(page, "il_dataset_msg", "added 2 image(s)")

@@ -10,7 +10,7 @@ import gradio as gr  # this module is only imported by build_ui, never at packag
 
 from ..errors import InstantLoraError
 from . import actions
-from .compat import copyable_textbox, every, upload_paths
+from .compat import copyable_textbox, every, gradio_major, upload_paths
 
 INTRO = ("### Instant LoRA\nTrain a LoRA on your images and use it in the next prompt as `<lora:name:0.8>`. "
          "Work top to bottom: **1 Dataset**, **2 Model & LoRA**, **3 Train**, **4 Result**.")
@@ -73,6 +73,9 @@ def build_ui(host, job=None):
                     upload_repeats = gr.Number(label="Repeats", value=10, precision=0, elem_id="il_upload_repeats",
                                                info="How often each image is seen per epoch (10 suits 10-30 images).")
                 upload_btn = gr.Button("Add to dataset", elem_id="il_upload_btn")
+                if gradio_major(gr) < 4:  # gradio-app/gradio#5517: an upload that meets another event can stall
+                    gr.Markdown("If a file stays at *Uploading...*, press x on the box and drop the files again.",
+                                elem_id="il_upload_hint")
             dataset_summary = gr.Markdown(elem_id="il_dataset_summary")
             dataset_problems = gr.Markdown(elem_id="il_dataset_problems")
             gallery = gr.Gallery(label="Images (click one to edit its caption)", columns=6, height=320, elem_id="il_gallery")

@@ -25,12 +25,12 @@ def every(gr, demo, fn, outputs, seconds: float):
     """Call fn every `seconds` while the page is open: gr.Timer (4.40+) or load(every=) (3.x)."""
     if hasattr(gr, "Timer"):
         timer = gr.Timer(seconds)
-        timer.tick(fn, inputs=None, outputs=outputs, show_progress="hidden" if _gradio_major(gr) >= 4 else False)
+        timer.tick(fn, inputs=None, outputs=outputs, show_progress="hidden" if gradio_major(gr) >= 4 else False)
         return timer
     return demo.load(fn, inputs=None, outputs=outputs, every=seconds)
 
 
-def _gradio_major(gr) -> int:
+def gradio_major(gr) -> int:
     try:
         return int(str(gr.__version__).split(".")[0])
     except ValueError:
@@ -39,7 +39,7 @@ def _gradio_major(gr) -> int:
 
 def js_kwargs(gr, code: str) -> dict:
     """Client-side JS for an event: `_js=` in Gradio 3, `js=` from 4 on."""
-    return {"_js": code} if _gradio_major(gr) < 4 else {"js": code}
+    return {"_js": code} if gradio_major(gr) < 4 else {"js": code}
 
 
 def upload_paths(files) -> list[str]:

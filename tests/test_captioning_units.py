@@ -82,7 +82,9 @@ def test_bank_folder_overrides_and_adds_and_categories_pick(tmp_path):
 
 
 def test_every_builtin_bank_file_parses_and_has_a_top_k_line():
-    for path in sorted(BUILTIN_DIR.glob("*.txt")):
+    paths = sorted(BUILTIN_DIR.glob("*.txt"))
+    assert {p.stem for p in paths} >= set(DEFAULT_ORDER)  # an empty or moved folder must not pass
+    for path in paths:
         assert "# top_k:" in path.read_text(encoding="utf-8"), path.name
         assert len(read_bank_file(path)) > 20, path.name
 

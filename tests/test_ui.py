@@ -50,7 +50,8 @@ def test_uploads_reject_non_images_and_bad_names(tmp_path):
     for bad in ("../up", "a/b", ""):
         with pytest.raises(InstantLoraError):
             actions.import_uploads([str(tmp_path / "in" / "ok.png")], tmp_path / "data", bad, 5)
-    assert not (tmp_path / "up").exists()
+    assert sorted(p.name for p in (tmp_path / "data" / "datasets").iterdir()) == ["set"]  # nothing else was made
+    assert not (tmp_path / "data" / "up").exists() and not (tmp_path / "up").exists()
 
 
 def test_upload_box_says_what_arrived_before_anything_is_copied(tmp_path):
@@ -110,3 +111,17 @@ def test_plan_counts_steps_and_the_files_a_run_leaves(tmp_path):
     assert "final file + 3 intermediate" in actions.plan_markdown(values, scan)
     values.update(save_every_n_epochs=0, save_every_n_steps=0)
     assert "final file only" in actions.plan_markdown(values, scan)
+
+
+def test_a_training_frees_the_test_panels_model_and_no_model_is_a_clear_message(tiny_model_dir, tmp_path):
+    from instant_lora.host import Host
+    from instant_lora.sample import generate
+
+    host = Host(models_dir=tiny_model_dir.parent, lora_dir=tmp_path / "loras", data_dir=tmp_path / "data")
+    with host.test_renderer(tiny_model_dir.name) as render:  # no Lora folder yet: the base model still tests
+        assert render.model_name
+    assert generate._kept and (tmp_path / "loras").is_dir()
+    host.before_training()  # the test model leaves the GPU before a training loads its own
+    assert not generate._kept
+    with pytest.raises(InstantLoraError, match="no base model chosen"):
+        host.test_renderer("")

@@ -153,9 +153,8 @@ def test_settings_section_and_its_defaults_on_the_tab(w):
     h = _handlers(demo)
     (default_preset, _), = h["default_preset"]
     assert _value(default_preset()) == "Quick test"
-    if "sample_defaults" in h:  # the tab has sample prompt fields
-        (sample_defaults, _), = h["sample_defaults"]
-        assert [_value(u) for u in sample_defaults()] == ["a photo of shpz", 50]
+    (sample_defaults, _), = h["sample_defaults"]  # the Train section's sample fields take the settings
+    assert [_value(u) for u in sample_defaults()] == ["a photo of shpz", 50]
 
 
 def test_start_and_cancel_run_through_the_webui_host(w, monkeypatch, train_set):

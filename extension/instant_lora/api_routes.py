@@ -20,14 +20,12 @@ route functions' annotations at runtime.)
 
 import json
 import secrets
-import struct
 from pathlib import Path
 
 from .errors import InstantLoraError
 
 PREFIX = "/instant-lora/v1"
 HOST_SET_KEYS = ("output_dir", "logging_dir", "lora_dir", "webui_dir")
-OUR_MARK = "instant-lora-"  # ss_sd_scripts_commit_hash of files trained here
 
 
 class ApiError(Exception):
@@ -43,7 +41,7 @@ def _error(e: InstantLoraError) -> str:
 
 def build_config(host, payload: dict):
     """(TrainConfig, explicit keys) for a request body; ApiError(4xx) when it cannot run."""
-    from .config import FIELDS, TrainConfig, is_safe_name
+    from .config import TrainConfig, is_safe_name
     from .presets import list_presets, load_preset
     from .ui.actions import output_name_problem
 
@@ -79,14 +77,6 @@ def build_config(host, payload: dict):
         if not label:
             raise ApiError(400, "no checkpoint: pass \"checkpoint\" (a title from GET /instant-lora/v1/checkpoints)")
         values["pretrained_model_name_or_path"] = host.checkpoint_path(label)
-    prompts, every = host.sample_defaults() if hasattr(host, "sample_defaults") else ("", 0)
-    wants_samples = any(k.startswith("sample_") for k in payload)
-    if prompts.strip() and every > 0 and not wants_samples and "sample_prompts" in FIELDS:
-        from .lora.kohya_file import atomic_write_bytes
-
-        path = host.data_dir / "prompts" / f"{values['output_name']}.txt"
-        atomic_write_bytes(path, (prompts.strip() + "\n").encode("utf-8"))
-        values.update(sample_prompts=str(path), sample_every_n_steps=every)
     values.update(output_dir=str(host.lora_dir), logging_dir=str(host.data_dir / "logs"))
     try:
         config = TrainConfig.from_dict(values, source="request")
@@ -97,6 +87,16 @@ def build_config(host, payload: dict):
     if problem:
         exists = "already exists" in problem
         raise ApiError(409 if exists else 400, problem + (' (or pass "overwrite": true)' if exists else ""))
+    # The Settings' sample prompts, unless the request or its preset set its own; written only now
+    # that the request is valid, with the Train section's own writer.
+    prompts, every = host.sample_defaults() if hasattr(host, "sample_defaults") else ("", 0)
+    if not any(k.startswith("sample_") for k in values):
+        from .ui.actions import sample_prompt_file
+
+        path, every = sample_prompt_file(prompts, every, host.data_dir, config.output_name)
+        if path:
+            config.sample_prompts, config.sample_every_n_steps = path, every
+            values.update(sample_prompts=path, sample_every_n_steps=every)
     return config, set(values)
 
 
@@ -129,23 +129,17 @@ def cancel(job) -> dict:
     return {"cancelled": job.cancel()}
 
 
-def read_metadata(path: Path) -> dict:
-    """The safetensors header's __metadata__, read without loading tensors (or {})."""
-    try:
-        with open(path, "rb") as f:
-            size = struct.unpack("<Q", f.read(8))[0]
-            if size > 100 * 2**20:
-                return {}
-            return dict(json.loads(f.read(size)).get("__metadata__") or {})
-    except (OSError, ValueError, struct.error):
-        return {}
-
-
 def list_loras(host, include_all: bool = False) -> list[dict]:
+    from .sample.lora_files import read_metadata
+    from .train.metadata import TRAINER_MARK
+
     out = []
     for path in host.lora_files():
-        meta = read_metadata(path)
-        ours = str(meta.get("ss_sd_scripts_commit_hash", "")).startswith(OUR_MARK)
+        try:
+            meta = read_metadata(path)
+        except InstantLoraError:
+            meta = {}  # half-copied or damaged: listed with ?all=true, never as ours
+        ours = str(meta.get("ss_sd_scripts_commit_hash", "")).startswith(TRAINER_MARK)
         if not ours and not include_all:
             continue
         side = {}
@@ -191,25 +185,26 @@ def make_grid(host, job, payload: dict) -> dict:
     if not run:
         raise ApiError(400, "run is required: the output name of a training, e.g. \"my_style\"")
     weights = payload.get("weights", "0, 0.4, 0.7, 1")
-    if isinstance(weights, (list, tuple)):
-        weights = ", ".join(str(w) for w in weights)
     defaults = GenerationSettings()
     try:
         settings = GenerationSettings(
             negative_prompt=str(payload.get("negative_prompt", "") or ""), steps=int(payload.get("steps", defaults.steps)),
             cfg_scale=float(payload.get("cfg_scale", defaults.cfg_scale)), sampler=str(payload.get("sampler", defaults.sampler)),
             width=int(payload.get("width", defaults.width)), height=int(payload.get("height", defaults.height))).checked()
+        int(payload.get("seed", -1))
     except (TypeError, ValueError) as e:
         raise ApiError(422, f"steps, cfg_scale, width, height and seed must be numbers ({e})") from e
     except InstantLoraError as e:
         raise ApiError(422, _error(e)) from e
+    snap = job.snapshot()
+    if snap.running:
+        raise ApiError(409, f"a training is running ('{snap.name}' at step {snap.step}/{snap.total}): ask again when it has finished")
     try:
+        seed = int(payload.get("seed", -1))
         grid = testing.generate_grid(job, host, payload.get("checkpoint") or host.default_checkpoint(), run,
-                                     str(payload.get("prompt", "") or ""), weights, payload.get("seed", -1), settings)
-    except (TypeError, ValueError) as e:
-        raise ApiError(422, f"seed must be a whole number ({e})") from e
+                                     str(payload.get("prompt", "") or ""), testing.parse_weights(weights), seed, settings)
     except InstantLoraError as e:
-        raise ApiError(409 if "training is running" in e.message else 422, _error(e)) from e
+        raise ApiError(422, _error(e)) from e
     cells = [[{"weight": w, "prompt": grid.prompts[r][c], "infotext": grid.cell_infotext(r, c)} for c, w in enumerate(grid.weights)]
              for r in range(len(grid.rows))]
     return {"path": str(grid.path), "seed": grid.seed, "rows": grid.row_labels, "weights": grid.weights, "cells": cells,

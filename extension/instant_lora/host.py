@@ -48,7 +48,10 @@ class Host:
 
     # ---- around a training -----------------------------------------------------------------
     def before_training(self) -> None:
-        """Free what the host holds on the GPU (the WebUI's loaded checkpoint)."""
+        """Free what the host holds on the GPU: here the Test panel's model."""
+        from .sample.generate import release_kept_renderer
+
+        release_kept_renderer()
 
     def after_training(self) -> None:
         """Give back what before_training took; runs after success, failure and cancel."""
@@ -65,8 +68,11 @@ class Host:
     def test_renderer(self, checkpoint_label: str):
         """Context manager giving render(prompt_with_tags, seed, settings) -> PIL image for one
         image or one grid: here diffusers on a base model kept in memory."""
+        from .errors import InstantLoraError
         from .sample.generate import kept_renderer
 
+        if not checkpoint_label:
+            raise InstantLoraError("no base model chosen", hint=f"pick one under 2. Model & LoRA (models folder: {self.models_dir})")
         return kept_renderer(self.checkpoint_path(checkpoint_label), self.lora_dir)
 
     @property

@@ -59,7 +59,10 @@ class WebUIRenderer:
 
         self.host = host
         self.info = checkpoint_info  # None: the checkpoint the WebUI has loaded
-        self.loras = LoraLibrary(host.lora_dir)
+        # One scan of the Lora folder per host, not per click; find() rescans when a name is new.
+        if getattr(host, "_lora_library", None) is None or host._lora_library.folder != host.lora_dir:
+            host._lora_library = LoraLibrary(host.lora_dir)
+        self.loras = host._lora_library
 
     @property
     def _override_title(self) -> str | None:
@@ -90,7 +93,7 @@ class WebUIRenderer:
         self.check_prompt(prompt_with_tags)
         state = self.host.shared.state
         if state.interrupted:
-            raise InstantLoraError("interrupted (the Interrupt button)")
+            raise InstantLoraError("interrupted (the Interrupt button)", hint="run the test again when you are ready")
         cls = processing.StableDiffusionProcessingTxt2Img
         p = cls(**processing_kwargs(cls, prompt_with_tags, seed, settings, self._override_title))
         try:
@@ -98,7 +101,7 @@ class WebUIRenderer:
         finally:
             p.close()
         if state.interrupted:
-            raise InstantLoraError("interrupted (the Interrupt button)")
+            raise InstantLoraError("interrupted (the Interrupt button)", hint="run the test again when you are ready")
         if not getattr(processed, "images", None):
             raise InstantLoraError("the WebUI returned no image", hint="its console says why")
         image = processed.images[0]
@@ -113,6 +116,7 @@ def webui_session(host, checkpoint_label: str | None, job: str = "Instant LoRA t
     info = host._match(checkpoint_label) if checkpoint_label else None
     if checkpoint_label and info is None:
         raise InstantLoraError(f"checkpoint '{checkpoint_label}' is not in the WebUI's list",
-                               hint="press the refresh button next to the checkpoint list")
+                               hint="press the refresh button next to the checkpoint list "
+                                    "(REST: GET /instant-lora/v1/checkpoints lists the titles)")
     with host.exclusive(job):  # after a running generation; txt2img waits for us
         yield WebUIRenderer(host, info)

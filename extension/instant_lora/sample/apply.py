@@ -129,6 +129,11 @@ class LoraMerger:
         self._backup.clear()
         self.applied.clear()
 
+    def keep(self) -> None:
+        """Keep what is merged (drop the saved originals): restore() then has nothing to undo."""
+        self._backup.clear()
+        self.applied.clear()
+
     def __enter__(self) -> "LoraMerger":
         return self
 
@@ -142,6 +147,5 @@ def merge_lora(sd: dict, unet, text_encoder=None, unet_weight: float = 1.0, te_w
     saved file reproduces the trained model. Raises when any key matches no module."""
     merger = LoraMerger(unet, text_encoder)
     count = merger.apply(sd, unet_weight, te_weight, source)
-    merger._backup.clear()  # keep the merged weights; the originals are not needed
-    merger.applied.clear()
+    merger.keep()
     return count

@@ -234,9 +234,21 @@ def kept_renderer(checkpoint_path: str, lora_dir: Path | str):
         key = (str(checkpoint_path), str(lora_dir))
         if _kept.get("key") != key:
             _kept.clear()
+            Path(lora_dir).mkdir(parents=True, exist_ok=True)  # before the first training: tests of the base model work
             device, dtype = pick_device()
             _kept.update(key=key, renderer=DiffusersRenderer(place_model(load_sd_model(checkpoint_path), device, dtype), lora_dir))
         yield _kept["renderer"]
+
+
+def release_kept_renderer() -> None:
+    """Drop the Test panel's model (about 2 GB in fp16) so a training gets the GPU to itself."""
+    with _kept_lock:
+        if _kept:
+            _kept.clear()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def sample_images(model, prompts: list[str], seed: int, settings: GenerationSettings, progress=None) -> list:

@@ -155,14 +155,14 @@ class GridResult:
     renders: int = 0  # how many images were rendered (the weight-0 column once)
     row_labels: list[str] = field(default_factory=list)
     col_labels: list[str] = field(default_factory=list)
-    rendered_infotexts: list[list] = field(default_factory=list)  # [row][col] what the renderer wrote, if anything
     path: Path | None = None  # where save() last wrote the grid
 
     def cell_infotext(self, row: int, col: int) -> str:
         """The cell's own infotext: what "Send to txt2img" fills in. The renderer's own when it
         gave one (the WebUI's, with its hashes), else written here in the same layout."""
-        if self.rendered_infotexts and self.rendered_infotexts[row][col]:
-            return self.rendered_infotexts[row][col]
+        written = getattr(self.cells[row][col], "info", {}).get("parameters")
+        if written:
+            return written
         return format_infotext(self.prompts[row][col], self.settings, self.seed, self.model_name, self.model_hash)
 
     def save(self, path: Path | str) -> Path:
@@ -192,9 +192,9 @@ def build_grid(render, prompt: str, rows: list[GridRow], weights=DEFAULT_WEIGHTS
         raise InstantLoraError("the grid has no weights", hint="e.g. 0, 0.4, 0.7, 1")
     base = remove_lora_tags(prompt, {r.lora for r in rows} | set(replace))
     total = len(rows) * sum(1 for w in weights if w != 0) + (1 if 0 in weights else 0)
-    cells, prompts, infos, done, zero = [], [], [], 0, None
+    cells, prompts, done, zero = [], [], 0, None
     for row in rows:
-        row_cells, row_prompts, row_infos = [], [], []
+        row_cells, row_prompts = [], []
         for w in weights:
             cell_prompt = with_lora_tag(base, row.lora, w)
             if w == 0 and zero is not None:
@@ -208,10 +208,8 @@ def build_grid(render, prompt: str, rows: list[GridRow], weights=DEFAULT_WEIGHTS
                     zero = image
             row_cells.append(image)
             row_prompts.append(cell_prompt)
-            row_infos.append(getattr(image, "info", {}).get("parameters"))
         cells.append(row_cells)
         prompts.append(row_prompts)
-        infos.append(row_infos)
     row_labels = [r.label for r in rows]
     col_labels = [weight_label(w) for w in weights]
     image, layout = draw_grid(cells, row_labels, col_labels)
@@ -219,7 +217,7 @@ def build_grid(render, prompt: str, rows: list[GridRow], weights=DEFAULT_WEIGHTS
              "Grid weights": ", ".join(f"{w:g}" for w in weights)}
     infotext = format_infotext(base, settings, seed, model_name, model_hash, extra)
     return GridResult(image, layout, cells, prompts, list(rows), weights, seed, settings, infotext, model_name, model_hash,
-                      done, row_labels, col_labels, infos)
+                      done, row_labels, col_labels)
 
 
 def set_preview(lora_path: Path | str, image, weight: float, infotext: str | None = None) -> tuple[Path, Path]:

@@ -53,8 +53,9 @@ class LoraLibrary:
     def refresh(self) -> None:
         """Rescan the folder (new files from a run that is still training show up here)."""
         if not self.folder.is_dir():
-            raise InstantLoraError(f"LoRA folder not found: {self.folder}", hint="pass --lora_dir with the folder of .safetensors LoRAs",
-                                   path=self.folder)
+            raise InstantLoraError(f"LoRA folder not found: {self.folder}",
+                                   hint="train a LoRA first (it creates the folder), or point the LoRA folder "
+                                        "(--lora_dir / --lora-dir) at your .safetensors LoRAs", path=self.folder)
         entries, unreadable = [], []
         # Hidden names are our atomic-write temp files (and other tools' partial files): skip them.
         for path in sorted(p for p in self.folder.rglob("*.safetensors") if not p.name.startswith(".")):

@@ -14,6 +14,8 @@ MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_netwo
                 "ss_network_args", "ss_output_name")
 
 
+TRAINER_MARK = "instant-lora-"  # ss_sd_scripts_commit_hash prefix: how a file trained here is recognised
+
 def build_metadata(config, plan, scan, model, *, output_name: str, started_at: float, step: int, epoch: int,
                    finished: bool, optimizer: str = "") -> dict:
     w, h = plan.width, plan.height
@@ -22,7 +24,7 @@ def build_metadata(config, plan, scan, model, *, output_name: str, started_at: f
         "ss_training_started_at": started_at,
         "ss_output_name": output_name,
         "ss_training_comment": config.training_comment,
-        "ss_sd_scripts_commit_hash": f"instant-lora-{__version__}",
+        "ss_sd_scripts_commit_hash": f"{TRAINER_MARK}{__version__}",
         "ss_steps": step,
         "ss_epoch": epoch,
         "ss_seed": plan.seed,

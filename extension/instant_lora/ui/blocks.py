@@ -345,8 +345,7 @@ def build_ui(host, job=None):
 
         def open_test(tag):
             snap = job.snapshot()
-            run = Path(snap.result_path).stem if snap.result_path else ""
-            run = run.split("-step")[0] if run else ""
+            run = snap.name if snap.result_path else ""  # the output name: its saved files are the grid's rows
             return gr.update(visible=True), gr.update(value=tag or ""), gr.update(value=run)
 
         test_btn.click(open_test, [result_tag], [test_panel, test_prompt, grid_run])
@@ -355,7 +354,7 @@ def build_ui(host, job=None):
         def do_generate(ckpt, prompt, seed, *settings):
             try:
                 image, used = testing.generate_image(job, host, ckpt, prompt, seed, testing.settings_from(*settings))
-            except InstantLoraError as e:
+            except Exception as e:  # ours say what to do; anything else (OOM, I/O) is named
                 return None, _message(e)
             return image, f"seed {used}"
 
@@ -364,7 +363,7 @@ def build_ui(host, job=None):
         def do_grid(ckpt, run, prompt, weights, seed, *settings):
             try:
                 grid = testing.generate_grid(job, host, ckpt, run.strip(), prompt, weights, seed, testing.settings_from(*settings))
-            except InstantLoraError as e:
+            except Exception as e:  # ours say what to do; anything else (OOM, I/O) is named
                 return None, None, gr.update(choices=[], value=None), "", _message(e)
             labels = testing.cell_labels(grid)
             return (grid.image, grid, gr.update(choices=labels, value=None), "",
@@ -385,7 +384,7 @@ def build_ui(host, job=None):
         def do_preview(grid, label):
             try:
                 return testing.choose_cell(grid, label)
-            except InstantLoraError as e:
+            except Exception as e:  # ours say what to do; anything else (OOM, I/O) is named
                 return _message(e)
 
         preview_btn.click(do_preview, [grid_state, grid_cell], [grid_msg])

@@ -32,8 +32,10 @@ def generate_image(job, host, checkpoint: str, prompt: str, seed, settings):
 
 
 def parse_weights(text) -> list[float]:
+    """"0, 0.4 0.7;1" or [0, 0.4, 0.7, 1] -> floats."""
+    items = text if isinstance(text, (list, tuple)) else str(text).replace(",", " ").replace(";", " ").split()
     try:
-        weights = [float(w) for w in str(text).replace(",", " ").split()]
+        weights = [float(w) for w in items]
     except ValueError:
         raise InstantLoraError(f"weights '{text}' must be numbers like 0, 0.4, 0.7, 1") from None
     if not weights:

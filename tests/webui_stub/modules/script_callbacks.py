@@ -44,62 +44,44 @@ def add_callback(callbacks, fun, *, name=None, category="unknown", filename=None
     callbacks.append(ScriptCallback(filename or _script_of(fun), fun, name or getattr(fun, "__name__", "unknown")))
 
 
-def app_started_callback(demo, app):
-    for c in callback_map["callbacks_app_started"]:
+def _run(category: str, where: str, *args, reverse: bool = False) -> list:
+    """Call every callback of a category as the WebUI does: one failing is reported, the rest run."""
+    results = []
+    callbacks = callback_map[f"callbacks_{category}"]
+    for c in reversed(callbacks) if reverse else callbacks:
         try:
-            c.callback(demo, app)
+            results.append(c.callback(*args))
         except Exception:
-            report_exception(c, "app_started_callback")
+            report_exception(c, where)
+    return results
+
+
+def app_started_callback(demo, app):
+    _run("app_started", "app_started_callback", demo, app)
 
 
 def model_loaded_callback(sd_model):
-    for c in callback_map["callbacks_model_loaded"]:
-        try:
-            c.callback(sd_model)
-        except Exception:
-            report_exception(c, "model_loaded_callback")
+    _run("model_loaded", "model_loaded_callback", sd_model)
 
 
 def ui_tabs_callback():
-    res = []
-    for c in callback_map["callbacks_ui_tabs"]:
-        try:
-            res += c.callback() or []
-        except Exception:
-            report_exception(c, "ui_tabs_callback")
-    return res
+    return [tab for tabs in _run("ui_tabs", "ui_tabs_callback") for tab in (tabs or [])]
 
 
 def ui_settings_callback():
-    for c in callback_map["callbacks_ui_settings"]:
-        try:
-            c.callback()
-        except Exception:
-            report_exception(c, "ui_settings_callback")
+    _run("ui_settings", "ui_settings_callback")
 
 
 def before_ui_callback():
-    for c in callback_map["callbacks_before_ui"]:
-        try:
-            c.callback()
-        except Exception:
-            report_exception(c, "before_ui")
+    _run("before_ui", "before_ui")
 
 
 def script_unloaded_callback():
-    for c in reversed(callback_map["callbacks_script_unloaded"]):
-        try:
-            c.callback()
-        except Exception:
-            report_exception(c, "script_unloaded")
+    _run("script_unloaded", "script_unloaded", reverse=True)
 
 
 def before_reload_callback():
-    for c in callback_map["callbacks_before_reload"]:
-        try:
-            c.callback()
-        except Exception:
-            report_exception(c, "before_reload")
+    _run("before_reload", "before_reload")
 
 
 def on_app_started(callback, *, name=None):

@@ -92,7 +92,8 @@ def plan(versions=None, python=None) -> tuple[list[str], list[str]]:
     python = python or sys.version_info
     needed = list(NEEDED) + (list(NEEDED_BEFORE_PY311) if tuple(python[:2]) < (3, 11) else [])
     missing = [f"{name}=={version}" for name, version in needed if versions(name) is None]
-    return missing, [f"{PREFIX} {line}: left as it is; training may fail." for line in incompatibilities(versions)]
+    return missing, [f"{PREFIX} {line}: left as it is; training may fail. To fix, install the version named in brackets "
+                     f"with the WebUI's Python (\"{sys.executable}\" -m pip install ...)." for line in incompatibilities(versions)]
 
 
 def constraints(versions=None) -> list[str]:
@@ -151,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             _run_pip(args, f"{' '.join(missing)} for Instant LoRA")
         except Exception as e:  # never stop the WebUI from starting
             first = next((ln for ln in str(e).splitlines() if ln.strip()), str(e))
+            # The hand-run command repeats the WebUI's own versions, so pip cannot move them either.
+            held = " ".join(f'"{c}"' for c in constraints())
             print(f"{PREFIX} could not install {' '.join(missing)} ({first.strip()[:200]}); the Instant LoRA tab "
-                  f"will say what is missing. Install by hand: pip install {' '.join(missing)}", flush=True)
+                  f"will say what is missing. Install by hand, with the WebUI stopped: \"{sys.executable}\" -m pip install "
+                  f"{' '.join(missing)} {held}", flush=True)
     return 0
 
 

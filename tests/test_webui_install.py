@@ -80,7 +80,8 @@ def test_an_incompatible_version_is_named_once_and_left_alone(install, present, 
 def test_peft_015_needs_a_newer_accelerate(install):
     _, warnings = install.plan(lookup(dict(FORGE_PINS, peft="0.15.0")), python=(3, 11))
     assert warnings == [f"{install.PREFIX} peft 0.15.0 is installed, but it does not import with accelerate 0.31.0 "
-                        "(accelerate.utils.memory.clear_device_cache is missing; peft 0.13.2 works): left as it is; training may fail."]
+                        "(accelerate.utils.memory.clear_device_cache is missing; peft 0.13.2 works): left as it is; training may fail. "
+                        f"To fix, install the version named in brackets with the WebUI's Python (\"{sys.executable}\" -m pip install ...)."]
 
 
 def test_the_pip_call_inside_the_webui(install, monkeypatch, capsys):
@@ -111,6 +112,9 @@ def test_a_failed_install_is_one_line_and_the_webui_goes_on(install, monkeypatch
     assert install.main([]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "could not install diffusers==0.30.3 peft==0.13.2 (Couldn't install diffusers.)" in out[0]
+    # the hand-run command holds the WebUI's versions, so it cannot upgrade torch or transformers
+    assert f'"{sys.executable}" -m pip install diffusers==0.30.3 peft==0.13.2 ' in out[0]
+    assert '"torch==2.1.2+cu121"' in out[0] and '"transformers==4.30.2"' in out[0]
 
 
 def test_dry_run_prints_the_command(install, monkeypatch, capsys):

@@ -1,6 +1,6 @@
 """WebUI entry script (AUTOMATIC1111 WebUI 1.10 / WebUI Forge): registers the Instant LoRA tab, its
 Settings section, REST routes, and stops the training worker when the UI reloads. Wiring only: the
-logic is in extension/instant_lora/webui_host.py and api_routes.py.
+logic is in extension/instant_lora/host/webui/.
 
 The WebUI puts the extension's root on sys.path only while it imports this file, so the trainer
 package's folder is added here (and again in the callbacks, see _ensure_path). If the package
@@ -29,7 +29,7 @@ _ensure_path()
 TITLE, TAB_ID = "Instant LoRA", "instant_lora"
 
 try:
-    from instant_lora import webui_host
+    from instant_lora.host import webui as webui_host
     IMPORT_ERROR = None
 except Exception as e:  # a missing dependency or a broken install: show it in the tab
     webui_host = None

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_importing_the_ui_imports_no_torch():
-    code = ("import sys; sys.path.insert(0, 'extension'); import instant_lora.ui, instant_lora.ui.actions, instant_lora.host; "
+    code = ("import sys; sys.path.insert(0, 'extension'); import instant_lora.ui, instant_lora.ui.actions, instant_lora.host.standalone; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
@@ -24,7 +24,7 @@ def test_importing_the_ui_imports_no_torch():
 def test_blocks_build_on_the_installed_gradio(tmp_path):
     import gradio as gr
 
-    from instant_lora.host import Host
+    from instant_lora.host.standalone import StandaloneHost as Host
     from instant_lora.ui import build_ui
 
     demo = build_ui(Host(models_dir=tmp_path / "m", lora_dir=tmp_path / "l", data_dir=tmp_path / "d"))
@@ -114,7 +114,7 @@ def test_plan_counts_steps_and_the_files_a_run_leaves(tmp_path):
 
 
 def test_a_training_frees_the_test_panels_model_and_no_model_is_a_clear_message(tiny_model_dir, tmp_path):
-    from instant_lora.host import Host
+    from instant_lora.host.standalone import StandaloneHost as Host
     from instant_lora.sample import generate
 
     host = Host(models_dir=tiny_model_dir.parent, lora_dir=tmp_path / "loras", data_dir=tmp_path / "data")

@@ -67,7 +67,7 @@ def _free_port() -> int:
 @pytest.fixture
 def webui_page(tmp_path, monkeypatch):
     gr = _require_browser()
-    from instant_lora import webui_host
+    from instant_lora.host import webui as webui_host
     from instant_lora.ui import actions
 
     actions.lora_parameter_count(16, "default", True)  # cached before build_ui's warm-up thread starts
@@ -118,7 +118,7 @@ def _text(page, elem_id):
 def test_cards_refresh_send_to_txt2img_and_a_grid_cell_to_txt2img(webui_page, monkeypatch):
     from playwright.sync_api import sync_playwright
 
-    from instant_lora import webui_host
+    from instant_lora.host import webui as webui_host
     from instant_lora.config import TrainConfig
 
     w, url = webui_page

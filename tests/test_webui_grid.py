@@ -38,7 +38,7 @@ def w(tmp_path, monkeypatch):
 
 @pytest.fixture
 def host(w):
-    from instant_lora.webui_host import WebUIHost
+    from instant_lora.host.webui.host import WebUIHost
 
     return WebUIHost(job=TrainingJob())
 
@@ -144,7 +144,7 @@ def test_no_test_while_a_training_runs(w, host, monkeypatch):
 
 
 def test_older_webui_without_schedule_type_gets_the_old_sampler_name():
-    from instant_lora.webui_render import processing_kwargs
+    from instant_lora.host.webui.render import processing_kwargs
 
     @dataclasses.dataclass
     class OldProcessing:  # before 1.9: no `scheduler` field
@@ -167,7 +167,7 @@ def test_older_webui_without_schedule_type_gets_the_old_sampler_name():
 
 def test_send_cell_to_txt2img_uses_the_webuis_paste(w):
     gr = pytest.importorskip("gradio")
-    from instant_lora import webui_host
+    from instant_lora.host import webui as webui_host
     from instant_lora.ui import actions
 
     actions.lora_parameter_count(16, "default", True)
@@ -189,7 +189,7 @@ def test_rest_grid_route(w, host):
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    from instant_lora import api_routes
+    from instant_lora.host.webui import routes as api_routes
 
     app = FastAPI()
     assert api_routes.register(app, host, host.job)

@@ -37,7 +37,7 @@ def forge(tmp_path):
 
 
 def make_host(w):
-    from instant_lora.webui_host import WebUIHost
+    from instant_lora.host.webui.host import WebUIHost
 
     return WebUIHost(job=TrainingJob())
 
@@ -140,14 +140,14 @@ def test_lora_dir_is_the_lora_extensions_else_models_lora(a1111, tmp_path):
 
 
 def test_flavor_detection(a1111, tmp_path):
-    from instant_lora.webui_host import detect_flavor
+    from instant_lora.host.webui.host import detect_flavor
 
     assert detect_flavor() == ("a1111", None)
     assert make_host(a1111).name == "webui"
 
 
 def test_forge_is_detected_by_its_memory_manager(forge):
-    from instant_lora.webui_host import detect_flavor
+    from instant_lora.host.webui.host import detect_flavor
 
     flavor, memory = detect_flavor()
     assert flavor == "forge" and memory.__name__ == "backend.memory_management"
@@ -232,7 +232,7 @@ def test_waits_for_a_running_generation_and_can_be_cancelled_meanwhile(a1111, mo
     from modules import call_queue
 
     host = make_host(a1111)
-    monkeypatch.setattr("instant_lora.webui_host.LOCK_POLL_S", 0.01)
+    monkeypatch.setattr("instant_lora.host.webui.host.LOCK_POLL_S", 0.01)
     call_queue.queue_lock.acquire()  # txt2img is generating
     a1111.calls.clear()
     fake = FakeTrain(a1111)
@@ -284,7 +284,7 @@ def test_last_sample_becomes_the_cards_preview(a1111, tmp_path):
     from conftest import make_image
 
     from instant_lora.train.events import Finished
-    from instant_lora.webui_host import WebUIProgressSink
+    from instant_lora.host.webui.progress import WebUIProgressSink
 
     job = TrainingJob()
     sink = WebUIProgressSink(a1111.shared.state, job)
@@ -307,7 +307,7 @@ def test_after_training_without_before_is_harmless(a1111):
 
 def test_reload_ui_stops_the_training(a1111, monkeypatch):
     """on_script_unloaded: cancel, wait briefly, everything handed back; the package may be reloaded."""
-    from instant_lora import webui_host
+    from instant_lora.host import webui as webui_host
 
     host = webui_host._HOST = make_host(a1111)
     fake = FakeTrain(a1111, steps=10_000, step_s=0.005)
@@ -321,7 +321,7 @@ def test_reload_ui_stops_the_training(a1111, monkeypatch):
 
 
 def test_reload_ui_leaves_a_training_that_does_not_stop_in_time(a1111, monkeypatch, capsys):
-    from instant_lora import webui_host
+    from instant_lora.host import webui as webui_host
 
     host = webui_host._HOST = make_host(a1111)
     fake = FakeTrain(a1111)

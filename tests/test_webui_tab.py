@@ -55,7 +55,7 @@ def _value(update):
 
 
 def _tab():
-    from instant_lora import webui_host
+    from instant_lora.host import webui as webui_host
 
     (demo, title, elem_id), = webui_host.ui_tabs()
     assert (title, elem_id) == ("Instant LoRA", "instant_lora")
@@ -140,7 +140,7 @@ def test_refresh_lists_a_new_checkpoint(w):
 
 
 def test_settings_section_and_its_defaults_on_the_tab(w):
-    from instant_lora import webui_host
+    from instant_lora.host import webui as webui_host
 
     webui_host.add_settings()
     labels = w.shared.opts.data_labels
@@ -195,7 +195,8 @@ def api(w):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from instant_lora import api_routes, webui_host
+    from instant_lora.host import webui as webui_host
+    from instant_lora.host.webui import routes as api_routes
 
     app = FastAPI()
     host = webui_host.get_host()
@@ -289,7 +290,8 @@ def test_rest_uses_the_webuis_api_auth(api, w):
 
 
 def test_rest_runs_get_the_settings_sample_prompts_and_a_preset(w, train_set):
-    from instant_lora import api_routes, webui_host
+    from instant_lora.host import webui as webui_host
+    from instant_lora.host.webui import routes as api_routes
 
     host = webui_host.get_host()
     w.shared.opts.data.update(instant_lora_sample_prompts="a photo of shpz\nshpz on a beach", instant_lora_sample_every_n_steps=20)

@@ -22,7 +22,7 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run_app(argv: list[str]) -> int:
-    from .host import Host
+    from .host.standalone import StandaloneHost as Host
     from .ui import build_ui
 
     args = parse_app_args(argv)

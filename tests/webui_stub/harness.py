@@ -21,7 +21,7 @@ def _purge_stub_modules() -> None:
 
 
 def _reset_extension_globals() -> None:
-    wh = sys.modules.get("instant_lora.webui_host")
+    wh = sys.modules.get("instant_lora.host.webui")
     if wh is not None:
         wh._HOST = None
 

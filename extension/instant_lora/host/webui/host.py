@@ -20,23 +20,16 @@ from __future__ import annotations
 import gc
 import importlib
 import importlib.util
-import shutil
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InstantLoraError
-from .host import Host
+from ...errors import InstantLoraError
+from ..standalone import Host
+from .progress import WebUIProgressSink
+from .settings import OPT_KEEP_ON_GPU, OPT_PRESET, OPT_SAMPLE_EVERY, OPT_SAMPLE_PROMPTS, opt as _opt
 
-TAB_TITLE = "Instant LoRA"
-TAB_ID = "instant_lora"  # the WebUI makes it elem_id "tab_instant_lora"
-SECTION = ("instant_lora", "Instant LoRA")
-OPT_PRESET = "instant_lora_default_preset"
-OPT_KEEP_ON_GPU = "instant_lora_keep_model_on_gpu"
-OPT_SAMPLE_PROMPTS = "instant_lora_sample_prompts"
-OPT_SAMPLE_EVERY = "instant_lora_sample_every_n_steps"
 LOCK_POLL_S = 0.2
 
 
@@ -54,16 +47,6 @@ def detect_flavor() -> tuple[str, object]:
         if hasattr(module, "unload_all_models"):
             return "forge", module
     return "forge", None
-
-
-def _opt(name: str, default=None):
-    from modules import shared
-
-    try:
-        value = getattr(shared.opts, name)
-    except Exception:
-        return default
-    return default if value is None else value
 
 
 class WebUIHost(Host):
@@ -92,7 +75,7 @@ class WebUIHost(Host):
     def job(self):
         if self._job is not None:
             return self._job
-        from .jobs import current_job
+        from ...jobs import current_job
 
         return current_job()
 
@@ -264,7 +247,7 @@ class WebUIHost(Host):
 
     # ---- the Test panel: the WebUI's own txt2img ----------------------------------------------
     def test_renderer(self, checkpoint_label: str):
-        from .webui_render import webui_session
+        from .render import webui_session
 
         return webui_session(self, checkpoint_label)
 
@@ -280,7 +263,7 @@ class WebUIHost(Host):
     def extend_test_panel(self, gr, demo, cell_infotext) -> None:
         """Called by build_ui under the grid: "Send to txt2img" for the picked cell, through the
         WebUI's own paste (prompt, negative prompt, seed, sampler, steps, size, CFG, checkpoint)."""
-        from .ui.compat import js_kwargs
+        from ...ui.compat import js_kwargs
 
         send = gr.Button("Send cell to txt2img", elem_id="il_cell_to_txt2img")
         try:
@@ -305,8 +288,8 @@ class WebUIHost(Host):
 
     def extend_ui(self, gr, demo, job) -> None:
         """Called by build_ui inside its Result section: the WebUI's own controls."""
-        from .presets import list_presets
-        from .ui.compat import js_kwargs
+        from ...presets import list_presets
+        from ...ui.compat import js_kwargs
 
         by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
         send = gr.Button("Send to txt2img", elem_id="il_send_to_txt2img")
@@ -329,138 +312,3 @@ class WebUIHost(Host):
                 return (gr.update(value=text), gr.update(value=every)) if text else (gr.update(), gr.update())
 
             demo.load(sample_defaults, None, [prompts_box, every_box])
-
-
-class WebUIProgressSink:
-    """Mirrors the run into shared.state (the WebUI's progress API and console) and turns the
-    Interrupt button into a cancel. Also makes the last sample the Lora card's preview."""
-
-    def __init__(self, state, job):
-        self.state = state
-        self.job = job
-        self.last_sample: str | None = None
-        self.interrupt_seen = False
-
-    def __call__(self, event) -> None:
-        st, kind = self.state, type(event).__name__
-        if kind == "Step":
-            st.job_count, st.job_no = 1, 0
-            st.sampling_steps, st.sampling_step = event.total, event.step
-            st.textinfo = f"Instant LoRA: step {event.step}/{event.total}, loss {event.loss:.4f}"
-        elif kind in ("Status", "Warn"):
-            st.textinfo = f"Instant LoRA: {event.message}"[:300]
-        elif kind == "Saved":
-            st.textinfo = f"Instant LoRA: saved {Path(event.path).name}"
-        elif kind == "Sample":
-            self.last_sample = event.path
-            self._show_image(event.path)
-        elif kind == "Finished" and event.path:
-            self.write_preview(Path(event.path))
-        self.poll_interrupt()
-
-    def poll_interrupt(self) -> None:
-        if getattr(self.state, "interrupted", False) and not self.interrupt_seen:
-            self.interrupt_seen = True
-            if self.job.cancel():
-                self.state.textinfo = "Instant LoRA: interrupted, saving after this step"
-
-    def _show_image(self, path: str) -> None:
-        assign = getattr(self.state, "assign_current_image", None)
-        if assign is None:
-            return
-        try:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                assign(img.convert("RGB"))
-        except Exception:
-            pass  # a preview is a nicety; never fail the run for it
-
-    def write_preview(self, lora_path: Path) -> Path | None:
-        """`<stem>.preview.png` (the card's thumbnail) from the last sample, unless one exists."""
-        preview = lora_path.with_name(lora_path.stem + ".preview.png")
-        if not self.last_sample or preview.exists() or not Path(self.last_sample).is_file():
-            return None
-        shutil.copyfile(self.last_sample, preview)
-        return preview
-
-
-# ---- what the entry script registers ----------------------------------------------------------
-
-_HOST: WebUIHost | None = None
-_HOST_LOCK = threading.Lock()
-
-
-def get_host() -> WebUIHost:
-    global _HOST
-    with _HOST_LOCK:
-        if _HOST is None:
-            _HOST = WebUIHost()
-        return _HOST
-
-
-def ui_tabs() -> list:
-    """on_ui_tabs: [(Blocks, title, elem_id)]."""
-    from .ui import build_ui
-
-    host = get_host()
-    return [(build_ui(host, host.job), TAB_TITLE, TAB_ID)]
-
-
-def add_settings() -> None:
-    """on_ui_settings: the "Instant LoRA" section of Settings."""
-    import gradio as gr
-    from modules import shared
-
-    from .presets import list_presets
-
-    def preset_choices():
-        return {"choices": [""] + list(list_presets(get_host().data_dir / "presets"))}
-
-    def option(key, default, label, component=None, component_args=None):
-        try:
-            info = shared.OptionInfo(default, label, component, component_args, section=SECTION, category_id="training")
-        except TypeError:  # WebUIs before 1.7 have no settings categories
-            info = shared.OptionInfo(default, label, component, component_args, section=SECTION)
-        shared.opts.add_option(key, info)
-
-    option(OPT_PRESET, "", "Preset selected when the tab opens (empty: the tab's own defaults)", gr.Dropdown, preset_choices)
-    option(OPT_KEEP_ON_GPU, False, "Keep the WebUI's model on the GPU while training (needs more VRAM; skips moving it "
-                                   "to the CPU and back)")
-    option(OPT_SAMPLE_PROMPTS, "", "Default sample prompts, one per line (rendered with the LoRA while it trains)",
-           gr.Textbox, {"lines": 3})
-    option(OPT_SAMPLE_EVERY, 0, "Default: render the samples every N steps (0 = no samples)", gr.Slider,
-           {"minimum": 0, "maximum": 2000, "step": 10})
-
-
-def app_started(demo, app) -> None:
-    """on_app_started: the REST routes."""
-    from .api_routes import register
-
-    host = get_host()
-    register(app, host, host.job)
-
-
-def shutdown(timeout: float = 5.0, purge_modules: bool = True) -> bool:
-    """on_script_unloaded (Reload UI): cancel a running training and wait briefly for its thread.
-    When it has stopped, forget this package's modules so the reload imports the current code.
-    Returns whether no training is left running."""
-    global _HOST
-    job = _HOST.job if _HOST is not None else None
-    if job is None:
-        from .jobs import current_job
-
-        job = current_job()
-    if job.snapshot().running:
-        job.cancel()
-        job.wait(timeout)
-    stopped = not job.snapshot().running
-    if not stopped:
-        print("[Instant LoRA] the training did not stop in time; it goes on and the reloaded tab shows it.",
-              file=sys.stderr)
-        return False
-    _HOST = None
-    if purge_modules:
-        for name in [n for n in sys.modules if n == "instant_lora" or n.startswith("instant_lora.")]:
-            del sys.modules[name]
-    return True

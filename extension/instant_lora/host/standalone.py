@@ -1,19 +1,20 @@
-"""What differs between the standalone app and the WebUI: folders, the checkpoint list, the VRAM
-hand-off, progress reporting. The UI talks to a Host; the WebUI entry script passes its own."""
+"""The standalone app's host: plain folders, the GPU owned through `gpu.hold`, nothing to unload."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import os
 from pathlib import Path
 
-from .models import SINGLE_FILE_SUFFIXES
-from .output_paths import find_webui_root
+from ..models import SINGLE_FILE_SUFFIXES
+from ..output_paths import find_webui_root
+from . import gpu
+from .base import Host
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
 
 
-class Host:
-    """The standalone app's host: plain folders, nothing to unload, no external progress."""
+class StandaloneHost(Host):
+    """Plain folders (or a WebUI's, when one is named or found), diffusers for the Test panel."""
 
     name = "standalone"
 
@@ -31,12 +32,15 @@ class Host:
         if not self.models_dir.is_dir():
             return []
         found = []
-        for p in sorted(self.models_dir.rglob("*")):
-            if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES:
-                found.append(p)
-            elif p.is_dir() and (p / "model_index.json").is_file():
-                found.append(p)  # a diffusers folder
-        return [str(p.relative_to(self.models_dir)) for p in found]
+        for folder, dirs, files in os.walk(self.models_dir, followlinks=False):
+            here = Path(folder)
+            if (here / "model_index.json").is_file() and here != self.models_dir:
+                found.append(here)  # a diffusers folder: one entry, never its component files
+                dirs[:] = []
+                continue
+            dirs.sort()
+            found += [here / f for f in sorted(files) if Path(f).suffix.lower() in MODEL_SUFFIXES and not f.startswith(".")]
+        return sorted(str(p.relative_to(self.models_dir)) for p in found)
 
     def default_checkpoint(self) -> str | None:
         items = self.list_checkpoints()
@@ -47,42 +51,26 @@ class Host:
         return str(path) if path.exists() or not label else label
 
     # ---- around a training -----------------------------------------------------------------
-    def before_training(self) -> None:
+    def before_training(self, control=None) -> None:
         """Free what the host holds on the GPU: here the Test panel's model."""
-        from .sample.generate import release_kept_renderer
+        from ..sample.generate import release_kept_renderer
 
         release_kept_renderer()
 
-    def after_training(self) -> None:
-        """Give back what before_training took; runs after success, failure and cancel."""
-
-    def progress_sinks(self) -> list:
-        return []
-
     def exclusive(self, job: str):
-        """Context manager around GPU work outside training (captioning, test images): here
-        nothing to wait for; the WebUI waits for its running generation and holds its queue."""
-        return nullcontext()
+        """The GPU for captioning or test images; refused while a training holds it."""
+        return gpu.hold(job)
 
     # ---- the Test panel ---------------------------------------------------------------------
     def test_renderer(self, checkpoint_label: str):
         """Context manager giving render(prompt_with_tags, seed, settings) -> PIL image for one
         image or one grid: here diffusers on a base model kept in memory."""
-        from .errors import InstantLoraError
-        from .sample.generate import kept_renderer
+        from ..errors import InstantLoraError
+        from ..sample.generate import kept_renderer
 
         if not checkpoint_label:
             raise InstantLoraError("no base model chosen", hint=f"pick one under 2. Model & LoRA (models folder: {self.models_dir})")
         return kept_renderer(self.checkpoint_path(checkpoint_label), self.lora_dir)
-
-    @property
-    def grids_dir(self) -> Path:
-        return self.data_dir / "grids"
-
-    def lora_files(self) -> list[Path]:
-        if not self.lora_dir.is_dir():
-            return []
-        return sorted(p for p in self.lora_dir.rglob("*.safetensors") if not p.name.startswith("."))
 
     @staticmethod
     def is_model_file(path: str) -> bool:

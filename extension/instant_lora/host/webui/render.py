@@ -13,8 +13,8 @@ import dataclasses
 import inspect
 from contextlib import contextmanager
 
-from .errors import InstantLoraError
-from .sample.tags import parse_prompt
+from ...errors import InstantLoraError
+from ...sample.tags import parse_prompt
 
 # Our sampler names -> (WebUI >= 1.9 sampler, its "Schedule type"). Before 1.9 the schedule was
 # part of the sampler's name ("DPM++ 2M Karras") and processing had no `scheduler` field.
@@ -55,7 +55,7 @@ class WebUIRenderer:
     image carries the WebUI's own infotext (what "Send to txt2img" pastes)."""
 
     def __init__(self, host, checkpoint_info=None):
-        from .sample.lora_files import LoraLibrary
+        from ...sample.lora_files import LoraLibrary
 
         self.host = host
         self.info = checkpoint_info  # None: the checkpoint the WebUI has loaded

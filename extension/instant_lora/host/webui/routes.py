@@ -22,7 +22,7 @@ import json
 import secrets
 from pathlib import Path
 
-from .errors import InstantLoraError
+from ...errors import InstantLoraError
 
 PREFIX = "/instant-lora/v1"
 HOST_SET_KEYS = ("output_dir", "logging_dir", "lora_dir", "webui_dir")
@@ -41,9 +41,9 @@ def _error(e: InstantLoraError) -> str:
 
 def build_config(host, payload: dict):
     """(TrainConfig, explicit keys) for a request body; ApiError(4xx) when it cannot run."""
-    from .config import TrainConfig, is_safe_name
-    from .presets import list_presets, load_preset
-    from .ui.actions import output_name_problem
+    from ...config import TrainConfig, is_safe_name
+    from ...presets import list_presets, load_preset
+    from ...ui.actions import output_name_problem
 
     if not isinstance(payload, dict):
         raise ApiError(400, "the body must be a JSON object of training settings")
@@ -91,7 +91,7 @@ def build_config(host, payload: dict):
     # that the request is valid, with the Train section's own writer.
     prompts, every = host.sample_defaults() if hasattr(host, "sample_defaults") else ("", 0)
     if not any(k.startswith("sample_") for k in values):
-        from .ui.actions import sample_prompt_file
+        from ...ui.actions import sample_prompt_file
 
         path, every = sample_prompt_file(prompts, every, host.data_dir, config.output_name)
         if path:
@@ -114,7 +114,7 @@ def start_training(host, job, payload: dict) -> dict:
 
 
 def progress(job) -> dict:
-    from .ui.actions import result_markdown
+    from ...ui.actions import result_markdown
 
     snap = job.snapshot()
     _, prompt = result_markdown(snap, trigger_words=snap.trigger_words)
@@ -130,8 +130,8 @@ def cancel(job) -> dict:
 
 
 def list_loras(host, include_all: bool = False) -> list[dict]:
-    from .sample.lora_files import read_metadata
-    from .train.metadata import TRAINER_MARK
+    from ...sample.lora_files import read_metadata
+    from ...train.metadata import TRAINER_MARK
 
     out = []
     for path in host.lora_files():
@@ -170,9 +170,9 @@ def make_grid(host, job, payload: dict) -> dict:
     import base64
     import difflib
 
-    from .sample.infotext import png_bytes
-    from .sample.settings import GenerationSettings
-    from .ui import testing
+    from ...sample.infotext import png_bytes
+    from ...sample.settings import GenerationSettings
+    from ...ui import testing
 
     if not isinstance(payload, dict):
         raise ApiError(400, "the body must be a JSON object, e.g. {\"run\": \"my_style\", \"prompt\": \"a photo of mystyle\"}")

@@ -59,15 +59,16 @@ def by_name(scan: DatasetScan) -> dict:
 def two_subsets(tmp_path: Path) -> Path:
     root = tmp_path / "lora_train_set"
     dog = root / "10_sks dog"
-    make_image(dog / "b.png")
+    ok = (64, 64)  # the smallest size the scan does not warn about
+    make_image(dog / "b.png", ok)
     write(dog / "b.txt", "sks dog, Red Collar\nsecond line is ignored\n")
-    make_image(dog / "a.JPG", fmt="JPEG")  # no caption file: class tokens
-    make_image(dog / "c.PNG")
+    make_image(dog / "a.JPG", ok, fmt="JPEG")  # no caption file: class tokens
+    make_image(dog / "c.PNG", ok)
     write(dog / "c.txt", "")  # empty caption file: class tokens too
     style = root / "3_my_style"
-    make_image(style / "x.jpeg", fmt="JPEG")
+    make_image(style / "x.jpeg", ok, fmt="JPEG")
     write(style / "x.txt", b"\xef\xbb\xbfSTYLE,  painting ,")  # BOM, odd spacing, trailing comma
-    make_image(style / "y.webp", fmt="WEBP")
+    make_image(style / "y.webp", ok, fmt="WEBP")
     # Ignored silently: hidden files and folders, caches, caption of a missing image.
     make_image(dog / ".hidden.png")
     make_image(root / ".cache" / "z.png")
@@ -94,6 +95,7 @@ def test_repeat_folders_subsets_and_captions(two_subsets: Path):
     assert [i.repeats for i in scan.items] == [10, 10, 10, 3, 3]
     assert scan.skipped == []
     assert scan.notes == []
+    assert scan.warnings == []
     assert [p.name for p in scan.empty_captions] == ["c.txt"]
     assert scan.caption_extension == ".txt"
 

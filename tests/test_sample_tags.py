@@ -92,7 +92,7 @@ def test_sampler_names_and_settings_checks():
     assert normalize_sampler("ddim") == "DDIM"
     with pytest.raises(InstantLoraError, match="did you mean 'DDIM'"):
         normalize_sampler("DDM")
-    with pytest.raises(InstantLoraError, match="width = 500 must be a positive multiple of 8") as err:
+    with pytest.raises(InstantLoraError, match="width = 500 must be a multiple of 8 from 8 to 4096") as err:
         GenerationSettings(width=500, height=513).checked()
     assert "height" in str(err.value)
     assert GenerationSettings(sampler="euler a").checked().sampler == "Euler a"

@@ -2,6 +2,7 @@
 reproduces the trained model, resume continues the same path, cancel keeps the work."""
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -177,12 +178,18 @@ def test_periodic_saves_use_the_reference_names(train_set, tmp_path):
     assert md["ss_epoch"] == "1" and md["ss_steps"] == "20"
 
 
-def test_diverging_run_stops_without_saving_nan(train_set, tmp_path):
+def test_diverging_run_stops_without_saving_nan(train_set, tmp_path, monkeypatch):
     from instant_lora.errors import InstantLoraError
+    from instant_lora.train.loop import Run
 
+    batch_loss = Run._batch_loss
+    monkeypatch.setattr(Run, "_batch_loss", lambda self, items, i: batch_loss(self, items, i) * float("nan"))
     with pytest.raises(InstantLoraError, match="NaN"):
-        train(tiny_config(train_set, tmp_path, max_train_steps=30, learning_rate=1e30, max_grad_norm=0.0), model=build_tiny_sd(0))
+        train(tiny_config(train_set, tmp_path, max_train_steps=30, max_grad_norm=0.0), model=build_tiny_sd(0))
     assert not list(tmp_path.glob("*.safetensors"))
+    log = next((tmp_path / "logs").glob("*.jsonl")).read_text().splitlines()
+    assert json.loads(log[-1])["event"] == "failed" and "NaN" in json.loads(log[-1])["message"]
+    assert json.loads(log[-2])["loss"] is None  # a NaN loss is null in the log, which stays valid JSON
 
 
 def test_gradient_checkpointing_still_trains_the_text_encoder(train_set, tmp_path):

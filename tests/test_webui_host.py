@@ -3,7 +3,6 @@ the VRAM hand-off in order and undone after success, failure and cancel (A1111 a
 queue lock, shared.state progress and the Interrupt button. No Gradio, no model: the trainer is
 replaced by a fake that emits the real events."""
 
-import dataclasses
 import threading
 import time
 import types
@@ -15,13 +14,6 @@ from webui_stub.harness import webui
 from instant_lora.jobs import TrainingJob
 
 NAME = "my_lora"
-
-
-@dataclasses.dataclass
-class Sample:  # the trainer's Sample event, as the sink sees it (matched by name)
-    step: int
-    caption: str
-    path: str
 
 
 @pytest.fixture
@@ -53,9 +45,10 @@ class FakeTrain:
         self.go_on.set()
         self.seen_state = None
 
-    def __call__(self, config, *, explicit=frozenset(), model=None, sinks=(), control=None):
-        from instant_lora.train.events import Emitter, Finished, Saved, Status, Step
+    def __call__(self, prepared, *, model=None, sinks=(), control=None):
+        from instant_lora.train.events import Cancelled, Emitter, Finished, Saved, Status, Step
 
+        config = prepared.config
         emit = Emitter(sinks)
         self.w.calls.append("train")
         emit(Status("loading the model"))
@@ -78,20 +71,23 @@ class FakeTrain:
         path = Path(config.output_dir) / f"{config.output_name}.safetensors"
         path.write_bytes(b"lora")
         emit(Saved(path=str(path), step=step, epoch=1, kind="cancelled" if cancelled else "final"))
-        emit(Finished(path=str(path), steps=step, seconds=1.0, cancelled=cancelled))
+        emit(Cancelled(path=str(path), steps=step, seconds=1.0, stage="training") if cancelled
+             else Finished(path=str(path), steps=step, seconds=1.0))
         return types.SimpleNamespace(cancelled=cancelled, path=path)
 
 
 def start(host, name):
-    """What the tab's Start button and the REST route do."""
+    """What the tab's Start button and the REST route do after the request path: start a PreparedRun."""
     from instant_lora.config import TrainConfig
+    from instant_lora.request import PreparedRun
 
     config = TrainConfig(pretrained_model_name_or_path="x", train_data_dir="d", output_dir=str(host.lora_dir), output_name=name)
-    host.job.start(config, before=host.before_training, after=host.after_training, extra_sinks=host.progress_sinks())
+    plan = types.SimpleNamespace(output_name=name, max_train_steps=5)
+    host.job.start(PreparedRun(config=config, plan=plan, scan=None), host=host)
 
 
 def run(host, w, monkeypatch, fake, keep_on_gpu=False, before_start=None):
-    monkeypatch.setattr("instant_lora.train.loop.train", fake)
+    monkeypatch.setattr("instant_lora.train.loop.run_prepared", fake)
     w.shared.opts.data["instant_lora_keep_model_on_gpu"] = keep_on_gpu
     start(host, NAME)
     if before_start:
@@ -237,7 +233,8 @@ def test_waits_for_a_running_generation_and_can_be_cancelled_meanwhile(a1111, mo
     a1111.calls.clear()
     fake = FakeTrain(a1111)
     snap = run(host, a1111, monkeypatch, fake, before_start=lambda: (host.job.wait(0.2), host.job.cancel()))
-    assert snap.state == "failed" and "waiting for the WebUI" in snap.error
+    assert snap.state == "cancelled" and snap.stage == "waiting" and snap.error is None  # cancelled, not failed
+    assert "nothing was saved" in snap.log[-1]
     assert a1111.calls == []  # never touched the model or the state
     call_queue.queue_lock.release()
 
@@ -283,8 +280,8 @@ def test_an_old_interrupt_does_not_cancel_a_new_run(a1111, monkeypatch):
 def test_last_sample_becomes_the_cards_preview(a1111, tmp_path):
     from conftest import make_image
 
-    from instant_lora.train.events import Finished
     from instant_lora.host.webui.progress import WebUIProgressSink
+    from instant_lora.train.events import Finished, Sample
 
     job = TrainingJob()
     sink = WebUIProgressSink(a1111.shared.state, job)
@@ -293,10 +290,10 @@ def test_last_sample_becomes_the_cards_preview(a1111, tmp_path):
     lora.write_bytes(b"lora")
     sink(Sample(step=4, caption="a cat", path=str(sample)))
     assert a1111.shared.state.id_live_preview == 1  # shown as the WebUI's live preview too
-    sink(Finished(path=str(lora), steps=4, seconds=1.0, cancelled=False))
+    sink(Finished(path=str(lora), steps=4, seconds=1.0))
     assert (a1111.lora_dir / "x.preview.png").read_bytes() == sample.read_bytes()
     sample.write_bytes(b"changed")
-    sink(Finished(path=str(lora), steps=4, seconds=1.0, cancelled=False))
+    sink(Finished(path=str(lora), steps=4, seconds=1.0))
     assert (a1111.lora_dir / "x.preview.png").read_bytes() != b"changed"  # a chosen preview is kept
 
 
@@ -311,7 +308,7 @@ def test_reload_ui_stops_the_training(a1111, monkeypatch):
 
     host = webui_host._HOST = make_host(a1111)
     fake = FakeTrain(a1111, steps=10_000, step_s=0.005)
-    monkeypatch.setattr("instant_lora.train.loop.train", fake)
+    monkeypatch.setattr("instant_lora.train.loop.run_prepared", fake)
     start(host, NAME)
     assert fake.at_step_2.wait(10)
     assert webui_host.shutdown(timeout=10, purge_modules=False) is True
@@ -326,7 +323,7 @@ def test_reload_ui_leaves_a_training_that_does_not_stop_in_time(a1111, monkeypat
     host = webui_host._HOST = make_host(a1111)
     fake = FakeTrain(a1111)
     fake.go_on.clear()  # stuck inside step 2 (say, a long sample render)
-    monkeypatch.setattr("instant_lora.train.loop.train", fake)
+    monkeypatch.setattr("instant_lora.train.loop.run_prepared", fake)
     start(host, NAME)
     assert fake.at_step_2.wait(10)
     assert webui_host.shutdown(timeout=0.2) is False  # keeps its modules: the reloaded tab shows the run

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -163,11 +162,11 @@ def test_start_and_cancel_run_through_the_webui_host(w, monkeypatch, train_set):
     fake = FakeTrain(w)
     seen = {}
 
-    def spy(config, **kw):
-        seen["config"] = config
-        return fake(config, **kw)
+    def spy(prepared, **kw):
+        seen["config"] = prepared.config
+        return fake(prepared, **kw)
 
-    monkeypatch.setattr("instant_lora.train.loop.train", spy)
+    monkeypatch.setattr("instant_lora.train.loop.run_prepared", spy)
     (start, inputs), = h["start"]
     by_id = {"il_dataset_dir": str(train_set), "il_checkpoint": "sd15/dreamy.ckpt", "il_output_name": "tab_lora"}
     args = [by_id.get(getattr(c, "elem_id", None), getattr(c, "value", None)) for c in inputs]
@@ -188,121 +187,7 @@ def test_start_and_cancel_run_through_the_webui_host(w, monkeypatch, train_set):
     assert "Nothing is running" in cancel()
 
 
-# ---- REST routes --------------------------------------------------------------------------------
-
-@pytest.fixture
-def api(w):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-
-    from instant_lora.host import webui as webui_host
-    from instant_lora.host.webui import routes as api_routes
-
-    app = FastAPI()
-    host = webui_host.get_host()
-    assert api_routes.register(app, host, host.job)
-    assert not api_routes.register(app, host, host.job)  # once per app
-    return TestClient(app), host
-
-
-def _wait_done(client, seconds=180):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        p = client.get("/instant-lora/v1/progress").json()
-        if p["state"] != "running":
-            return p
-        time.sleep(0.2)
-    raise AssertionError("training did not finish")
-
-
-def test_rest_training_with_a_tiny_model_lands_in_the_lora_folder(api, w, tiny_model_dir, train_set):
-    client, host = api
-    body = {"pretrained_model_name_or_path": str(tiny_model_dir), "train_data_dir": str(train_set), "output_name": "api_lora",
-            "trigger_words": "shpz", "resolution": "64,64", "network_dim": 4, "network_alpha": 4, "learning_rate": 1e-3,
-            "max_train_steps": 3, "seed": 1, "cache_latents": True}
-    r = client.post("/instant-lora/v1/train", json=body)
-    assert r.status_code == 200, r.text
-    assert r.json() == {"started": "api_lora", "output": str(w.lora_dir / "api_lora.safetensors")}
-    p = _wait_done(client)
-    assert p["state"] == "finished", p["error"]
-    assert p["step"] == p["total"] == 3 and p["prompt"] == "<lora:api_lora:0.8> shpz"
-    assert ("state.begin", "Instant LoRA: api_lora") in w.calls and w.calls[-2:] == ["state.end", "queue_lock.release"]
-    assert w.sd_models.model_data.sd_model.device == "cuda"  # back on the GPU
-
-    loras = client.get("/instant-lora/v1/loras").json()["loras"]
-    (card,) = [x for x in loras if x["name"] == "api_lora"]
-    assert card["trained_here"] and card["base_model"] == "sd_v1" and card["sd_version"] == "SD1"
-    assert card["activation_text"] == "shpz" and card["prompt"] == "<lora:api_lora:0.8> shpz"
-    sidecar = json.loads((w.lora_dir / "api_lora.json").read_text())
-    assert sidecar["activation text"] == "shpz" and sidecar["sd version"] == "SD1"
-    assert not list(w.lora_dir.glob("*.txt"))  # a .txt there would become the card's description
-
-    again = client.post("/instant-lora/v1/train", json=body)
-    assert again.status_code == 409 and "already exists" in again.json()["error"]
-
-
-def test_rest_refuses_what_it_cannot_run(api, w, train_set):
-    client, host = api
-    w.shared.opts.data.update(instant_lora_sample_prompts="a cat", instant_lora_sample_every_n_steps=10)
-    base = {"train_data_dir": str(train_set), "output_name": "x"}
-    cases = [
-        (dict(base, output_dir="/tmp/elsewhere"), 400, "Lora folder"),
-        (dict(base, netwrok_dim=4), 422, "did you mean --network_dim"),
-        (dict(base, network_dim=0), 422, "network_dim"),
-        ({"output_name": "x"}, 400, "train_data_dir is required"),
-        (dict(base, train_data_dir="/no/such/folder"), 400, "not a folder"),
-        (dict(base, output_name="../up"), 422, "plain file name"),
-        (dict(base, preset="Nope"), 400, "unknown preset"),
-        ([1, 2], 400, "JSON object"),
-    ]
-    for body, status, says in cases:
-        r = client.post("/instant-lora/v1/train", json=body)
-        assert (r.status_code, says in r.text) == (status, True), (body, r.text)
-    assert client.post("/instant-lora/v1/train", content=b"{nope", headers={"content-type": "application/json"}).status_code == 400
-    assert client.post("/instant-lora/v1/cancel").json() == {"cancelled": False}
-    assert not list(host.data_dir.parent.glob("**/up.txt"))  # no file written for a bad name
-
-
-def test_rest_cancel_and_a_second_start_while_running(api, w, monkeypatch, train_set):
-    client, host = api
-    fake = FakeTrain(w)
-    fake.go_on.clear()
-    monkeypatch.setattr("instant_lora.train.loop.train", fake)
-    body = {"train_data_dir": str(train_set), "output_name": "slow", "checkpoint": "v1-5-pruned-emaonly.safetensors",
-            "preset": "Quick test"}
-    assert client.post("/instant-lora/v1/train", json=body).status_code == 200
-    assert fake.at_step_2.wait(10)
-    busy = client.post("/instant-lora/v1/train", json=dict(body, output_name="other"))
-    assert busy.status_code == 409 and "already running" in busy.json()["error"]
-    assert client.post("/instant-lora/v1/cancel").json() == {"cancelled": True}
-    fake.go_on.set()
-    p = _wait_done(client)
-    assert p["state"] == "cancelled" and p["step"] == 2
-    assert w.calls[-2:] == ["state.end", "queue_lock.release"]
-
-
-def test_rest_uses_the_webuis_api_auth(api, w):
-    client, _ = api
-    w.shared.cmd_opts.api_auth = "alice:secret,bob:pw"
-    assert client.get("/instant-lora/v1/progress").status_code == 401
-    assert client.get("/instant-lora/v1/progress", auth=("alice", "wrong")).status_code == 401
-    assert client.get("/instant-lora/v1/progress", auth=("bob", "pw")).status_code == 200
-
-
-def test_rest_runs_get_the_settings_sample_prompts_and_a_preset(w, train_set):
-    from instant_lora.host import webui as webui_host
-    from instant_lora.host.webui import routes as api_routes
-
-    host = webui_host.get_host()
-    w.shared.opts.data.update(instant_lora_sample_prompts="a photo of shpz\nshpz on a beach", instant_lora_sample_every_n_steps=20)
-    config, explicit = api_routes.build_config(host, {"train_data_dir": str(train_set), "output_name": "s", "preset": "Quick test"})
-    assert Path(config.sample_prompts).read_text().splitlines() == ["a photo of shpz", "shpz on a beach"]
-    assert config.sample_every_n_steps == 20 and config.network_dim == 8  # from the preset
-    assert config.pretrained_model_name_or_path == str(w.models / "Stable-diffusion" / "sd15" / "dreamy.ckpt")  # loaded one
-    assert config.output_dir == str(w.lora_dir) and {"network_dim", "output_name"} <= explicit
-    config, _ = api_routes.build_config(host, {"train_data_dir": str(train_set), "output_name": "t", "sample_every_n_steps": 5,
-                                               "sample_prompts": str(Path(config.sample_prompts))})
-    assert config.sample_every_n_steps == 5  # the request's own sample settings win
+# ---- REST routes: tests/test_webui_rest.py ------------------------------------------------------
 
 
 def test_captioning_in_the_tab_waits_for_the_webui_and_holds_its_queue(w, monkeypatch, train_set):

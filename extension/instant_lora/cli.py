@@ -24,16 +24,22 @@ commands:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .kohya_flags import parse_train_args
+    from .kohya_flags import parse_train_values
+    from .request import RequestError, RunRequest, prepare_run
     from .train.events import ConsoleSink, TrainControl
-    from .train.loop import train
+    from .train.loop import run_prepared
 
     if any(a in ("-h", "--help") for a in argv):
         from .kohya_flags import build_parser
 
         build_parser().print_help()
         return 0
-    config, explicit = parse_train_args(argv)
+    values, explicit, source = parse_train_values(argv)
+    try:  # validated before torch or diffusers load: a bad value costs a fraction of a second
+        prepared = prepare_run(RunRequest(front="cli", values=values, explicit=frozenset(explicit)))
+    except RequestError as e:
+        lines = "\n".join(f"  --{k} {m}" if k else f"  {m}" for k, m in e.problems)
+        raise InstantLoraError(f"Invalid training settings ({source}):\n{lines}") from None
     control = TrainControl()
 
     def on_sigint(signum, frame):
@@ -45,11 +51,12 @@ def cmd_train(argv: list[str]) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = train(config, explicit=explicit, sinks=[ConsoleSink()], control=control)
+        result = run_prepared(prepared, sinks=[ConsoleSink()], control=control)
     finally:
         signal.signal(signal.SIGINT, previous)
-    print(result.path)
-    return 0
+    if result.path:
+        print(result.path)
+    return 130 if result.cancelled else 0
 
 
 def cmd_caption(argv: list[str]) -> int:

@@ -99,6 +99,7 @@ class TrainConfig:
     no_metadata: bool = opt(False, "Store only the minimal metadata loaders need (no dataset tags or hyper-parameters).", group="output")
     # --- samples during training
     sample_prompts: Optional[str] = opt(None, "A .txt file, one prompt per line (options: --n negative --w --h --d seed --l cfg --s steps).", group="sample")
+    sample_prompt_text: Optional[str] = opt(None, "Sample prompts as text, one per line (the app and REST; same options as the file).", group="sample", kohya=False)
     sample_every_n_steps: Optional[int] = opt(None, "Render the sample prompts every N steps with the LoRA being trained.", group="sample")
     sample_every_n_epochs: Optional[int] = opt(None, "Render the sample prompts every N epochs.", group="sample")
     sample_sampler: str = opt("ddim", "Sampler for the samples: ddim, euler_a, dpmsolver++ (or Euler a, DPM++ 2M Karras, DDIM).", group="sample")
@@ -231,12 +232,20 @@ class TrainConfig:
         for name, choices in (("mixed_precision", PRECISIONS), ("lr_scheduler", SCHEDULERS)):
             if getattr(self, name) not in choices:
                 problems.append((name, f"'{getattr(self, name)}' must be one of {', '.join(choices)}"))
-        if (self.sample_every_n_steps or self.sample_every_n_epochs or self.sample_at_first) and not self.sample_prompts:
+        from .dataset import caption_extension_problem
+
+        ext_problem = caption_extension_problem(self.caption_extension)
+        if ext_problem:
+            problems.append(("caption_extension", ext_problem))
+        if (self.sample_every_n_steps or self.sample_every_n_epochs or self.sample_at_first) and not (
+                self.sample_prompts or self.sample_prompt_text):
             problems.append(("sample_prompts", "is needed to render samples (a .txt file, one prompt per line)"))
         if self.sample_every_n_steps is not None and self.sample_every_n_steps < 1:
             problems.append(("sample_every_n_steps", "must be at least 1"))
-        if self.output_name is not None and not is_safe_name(self.output_name):
-            problems.append(("output_name", f"'{self.output_name}' must be a plain file name (no folders, no ..), e.g. my_style"))
+        if self.output_name is not None:
+            name_issue = name_problem(self.output_name)
+            if name_issue:
+                problems.append(("output_name", f"'{self.output_name:.60}' {name_issue}"))
         return problems
 
     def check(self) -> None:
@@ -250,11 +259,10 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 FIELD_NAMES = tuple(FIELDS)
 
 
-def is_safe_name(name: str) -> bool:
-    """A file stem that cannot leave its folder or hide: no separators, no dots-only, no control chars."""
-    name = str(name)
-    bad = set('/\\:*?"<>|') | {chr(c) for c in range(32)}
-    return bool(name.strip()) and name == name.strip() and not (set(name) & bad) and not name.startswith(".") and len(name) <= 150
+def is_safe_name(name: str, max_bytes: int | None = None) -> bool:
+    """A file stem that cannot leave its folder or hide, and whose every file fits on disk: see
+    `name_problem` (max_bytes: the longest name in UTF-8 bytes, default NAME_MAX_BYTES)."""
+    return name_problem(name, max_bytes) is None
 
 
 def _did_you_mean(key: str) -> str:
@@ -287,3 +295,48 @@ def _coerce(name: str, value: Any, source: str):
         return kind(value)
     except (TypeError, ValueError) as e:
         raise InstantLoraError(f"{source}: '{name}' = {value!r} is not valid ({e})") from e
+
+
+# ---- output names -----------------------------------------------------------------------------
+# File systems limit one file name to 255 bytes (ext4, btrfs, APFS: UTF-8 bytes; NTFS: 255 UTF-16
+# units, never more than the UTF-8 byte count). Every name a run writes is the output name plus a
+# suffix; the longest of them decides how long the output name may be. `.{file}.{pid}.tmp` is the
+# hidden temp name of atomic writes (lora/kohya_file.py); a pid has at most 10 digits (Windows).
+FILE_NAME_MAX_BYTES = 255
+WRITTEN_NAME_PATTERNS = (
+    "{}.safetensors", "{}-step00000000.safetensors", "{}-000000.safetensors",  # final, step, epoch saves
+    "{}-step00000000.json", "{}-step00000000.preview.png",  # sidecar, card preview
+    ".{}-step00000000.safetensors.4294967295.tmp", ".{}-step00000000.preview.png.4294967295.tmp",
+    "{}-step00000000-state", "{}-step00000000-state.tmp", "{}-step00000000-state.old",  # train/state.py
+    ".{}_step00000000_00.png.4294967295.tmp",  # sample images (train/sampling.py)
+    "{}-20000101-000000.jsonl",  # the run log
+    ".{}.lock",  # output_paths.claim_output
+)
+NAME_SUFFIX_BYTES = max(len(p.format("").encode("utf-8")) for p in WRITTEN_NAME_PATTERNS)
+NAME_MAX_BYTES = FILE_NAME_MAX_BYTES - NAME_SUFFIX_BYTES
+NAME_FORBIDDEN = '/\\:*?"<>|'
+WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))})
+
+
+def name_problem(name: str, max_bytes: int | None = None) -> str | None:
+    """What is wrong with `name` as an output (file) name, as a phrase to follow it; None if fine."""
+    name = str(name)
+    max_bytes = NAME_MAX_BYTES if max_bytes is None else int(max_bytes)
+    if not name.strip():
+        return "is empty: give a plain name like my_style"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "must not contain control characters (line breaks, tabs)"
+    bad = sorted(set(name) & set(NAME_FORBIDDEN), key=NAME_FORBIDDEN.index)
+    if bad:
+        return f"must not contain {' '.join(NAME_FORBIDDEN)} (it has {' '.join(bad)}): use a plain name like my_style"
+    if name != name.strip():
+        return "must not start or end with a space"
+    if name.startswith("."):
+        return "must not start with a dot (such files are hidden)"
+    if name.split(".")[0].strip().upper() in WINDOWS_RESERVED:
+        return f"is a reserved device name on Windows ({name.split('.')[0]}): use another name"
+    size = len(name.encode("utf-8"))
+    if size > max_bytes:
+        return (f"is {size} bytes in UTF-8; at most {max_bytes} fit (file names are limited to {FILE_NAME_MAX_BYTES} "
+                f"bytes and saves add up to {FILE_NAME_MAX_BYTES - max_bytes}): use a shorter name")
+    return None

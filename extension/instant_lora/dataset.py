@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Image types users often have but we do not train on: worth a note, unlike .txt or .npz files.
 _UNSUPPORTED_IMAGE_EXTENSIONS = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl")
+# What a caption extension must never be: another image's name, or a model/cache file's.
+_NOT_CAPTION_EXTENSIONS = frozenset(IMAGE_EXTENSIONS + _UNSUPPORTED_IMAGE_EXTENSIONS + (
+    ".jfif", ".svg", ".ico", ".psd", ".raw", ".dng"))
+_MODEL_EXTENSIONS = frozenset((".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".npz", ".npy", ".onnx", ".gguf"))
 _MAX_SEARCH_DEPTH = 4  # how deep to look for misplaced images before giving up
+MIN_IMAGE_SIDE = 64  # px: smaller images are upscaled so much that they teach blur
+MAX_ASPECT_RATIO = 4.0  # longer side / shorter side: beyond it the crop drops most of the image
+_LISTED_FILES = 5  # file names shown per warning line; the count says how many in all
 
 
 @dataclass
@@ -48,7 +55,30 @@ class Subset:
 @dataclass
 class SkippedFile:
     path: Path
-    reason: str
+    reason: str  # what is wrong and what to do, e.g. "GIF is not supported: convert it to PNG or JPEG"
+    # unreadable (failed to decode) | unsupported (file type) | broken_link | link_loop | unlistable
+    kind: str = "unreadable"
+
+
+@dataclass
+class ScanWarning:
+    """Something worth fixing that does not stop training: the files stay in the dataset.
+
+    Iterates as (kind, message, files), so a UI can unpack it directly.
+    """
+
+    kind: str  # small_image | extreme_aspect | prompt_tag | too_long
+    message: str  # what is wrong and what to do, without the file names
+    files: list[Path] = field(default_factory=list)  # every file concerned (caption files for caption rules)
+
+    def __iter__(self):
+        return iter((self.kind, self.message, self.files))
+
+    def line(self, root: Path | None = None) -> str:
+        """One readable line: the message, then the first file names and how many more."""
+        names = [_rel(f, root) if root is not None else str(f) for f in self.files[:_LISTED_FILES]]
+        more = f" and {len(self.files) - _LISTED_FILES} more" if len(self.files) > _LISTED_FILES else ""
+        return f"{self.message}: {', '.join(names)}{more}" if names else self.message
 
 
 @dataclass
@@ -60,6 +90,8 @@ class DatasetScan:
     notes: list[str] = field(default_factory=list)
     caption_extension: str = ".txt"
     empty_captions: list[Path] = field(default_factory=list)  # caption files that exist but are blank
+    # Small or very elongated images, captions with prompt tags or over 75 tokens; each also a line in notes.
+    warnings: list[ScanWarning] = field(default_factory=list)
 
     @property
     def num_train_images(self) -> int:
@@ -93,7 +125,9 @@ class DatasetScan:
         lines.append(captions)
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} file(s):")
-            lines += [f"  {_rel(f.path, self.root)}: {f.reason}" for f in self.skipped]
+            lines += [f"  {_rel(f.path, self.root)}: {f.reason}" for f in self.skipped[:20]]
+            if len(self.skipped) > 20:
+                lines.append(f"  ... and {len(self.skipped) - 20} more")
         if self.notes:
             lines.append("Notes:")
             lines += [f"  - {note}" for note in self.notes]
@@ -116,12 +150,44 @@ def _normalize_extension(ext: str) -> str:
     return ext if ext.startswith(".") else "." + ext
 
 
+def caption_extension_problem(ext: str) -> str | None:
+    """Why `ext` cannot be a caption file extension (a message saying what to use), or None if it can.
+
+    Accepted: a plain extension like .txt or .caption (the dot is optional; empty means .txt).
+    Refused: path separators, a bare ".", an image's extension (the caption would be read from,
+    or written over, an image) and model/cache files' extensions.
+    """
+    shown = str(ext).strip() if ext is not None else ""
+    norm = _normalize_extension(shown)
+    parts = norm[1:].split(".")
+    use = "use .txt (or .caption)"
+    if not all(p and all(c.isalnum() or c in "_-" for c in p) for p in parts):
+        return f"Caption extension '{shown}' is not a plain file extension: {use}"
+    last = "." + parts[-1].lower()
+    if last in _NOT_CAPTION_EXTENSIONS:
+        return f"Caption extension '{shown}' is an image file type: captions are text files beside the images; {use}"
+    if last in _MODEL_EXTENSIONS:
+        return f"Caption extension '{shown}' is a model or cache file type, not a caption: {use}"
+    return None
+
+
+def _checked_caption_extension(ext: str) -> str:
+    problem = caption_extension_problem(ext)
+    if problem:
+        raise InstantLoraError(problem, hint="Set the caption extension to .txt, the usual one, or .caption.")
+    return _normalize_extension(ext)
+
+
 def read_caption(image_path: Path, caption_extension: str) -> str | None:
     """The caption beside an image: None when there is no file, "" when it is blank."""
     image_path = Path(image_path)
-    path = image_path.with_name(image_path.stem + _normalize_extension(caption_extension))
-    if not path.is_file():
-        return None
+    path = image_path.with_name(image_path.stem + _checked_caption_extension(caption_extension))
+    try:
+        if not path.is_file():
+            return None
+    except OSError as e:  # e.g. permission denied on the folder
+        raise InstantLoraError(f"Cannot read caption file {path}: {e.strerror or e}",
+                               hint="Check that the file and its folder are readable.", path=path) from e
     try:
         text = path.read_bytes().decode("utf-8-sig")  # Windows editors often add a BOM
     except UnicodeDecodeError as e:
@@ -262,38 +328,89 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _list_dir(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    """(image files, subfolders, files of unsupported image types); hidden entries skipped."""
-    images, dirs, unsupported = [], [], []
+def _unsupported_reason(name: str) -> str:
+    ext = Path(name).suffix.lower()
+    kind = {".tif": "TIFF", ".heif": "HEIC"}.get(ext, ext.lstrip(".").upper())
+    to = {".gif": "PNG (its first frame)", ".tif": "PNG", ".tiff": "PNG"}.get(ext, "JPEG or PNG")
+    return f"{kind} is not supported: convert it to {to}"
+
+
+def _link_problem(entry: os.DirEntry, folder: Path) -> SkippedFile | None:
+    """A symbolic link that cannot be followed (dangling, a loop) or that points back up the tree."""
+    path = Path(entry.path)
+    try:
+        target = os.readlink(entry.path)
+    except OSError:
+        target = "?"
+    try:
+        os.stat(entry.path)  # follows the link
+    except FileNotFoundError:
+        return SkippedFile(path, f"broken link: points to {target} which does not exist; fix or remove the link",
+                           "broken_link")
+    except OSError as e:  # ELOOP: links that point at each other
+        return SkippedFile(path, f"symbolic link loop ({e.strerror or e}): remove the link", "link_loop")
+    if entry.is_dir():
+        real, here = Path(os.path.realpath(entry.path)), Path(os.path.realpath(folder))
+        if real == here or real in here.parents:
+            return SkippedFile(path, f"link to {target}, a folder that contains it (a loop): remove the link",
+                               "link_loop")
+    return None
+
+
+def _list_dir(folder: Path, skipped: list[SkippedFile], strict: bool = False) -> tuple[list[Path], list[Path]]:
+    """(image files, subfolders); hidden entries ignored, entries that cannot be used go to `skipped`.
+
+    A folder that cannot be listed is an error when strict (the dataset folder itself), else one
+    skipped entry, and the scan goes on.
+    """
+    images, dirs = [], []
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as e:
-        raise InstantLoraError(f"Cannot list folder {folder}: {e.strerror or e}",
-                               hint="Check that the folder is readable.", path=folder) from e
+        if strict:
+            raise InstantLoraError(f"Cannot list folder {folder}: {e.strerror or e}",
+                                   hint="Check that the folder is readable.", path=folder) from e
+        skipped.append(SkippedFile(folder, f"cannot list folder ({e.strerror or e}): check that it is readable "
+                                 f"(permissions) or move its images into a readable folder", "unlistable"))
+        return images, dirs
     for entry in entries:
         if entry.name.startswith(".") or entry.name == "__MACOSX":  # OS and zip junk
             continue
-        if entry.is_dir():
-            dirs.append(Path(entry.path))
-        elif entry.is_file() and _is_image(entry.name):
-            images.append(Path(entry.path))
-        elif entry.name.lower().endswith(_UNSUPPORTED_IMAGE_EXTENSIONS):
-            unsupported.append(Path(entry.path))
-    return images, dirs, unsupported
+        try:
+            if entry.is_symlink():
+                problem = _link_problem(entry, folder)
+                if problem:
+                    skipped.append(problem)
+                    continue
+            if entry.is_dir():
+                dirs.append(Path(entry.path))
+            elif entry.is_file() and _is_image(entry.name):
+                images.append(Path(entry.path))
+            elif entry.name.lower().endswith(_UNSUPPORTED_IMAGE_EXTENSIONS):
+                skipped.append(SkippedFile(Path(entry.path), _unsupported_reason(entry.name), "unsupported"))
+        except OSError as e:  # permission denied, a file removed while listing, ...
+            skipped.append(SkippedFile(Path(entry.path), f"cannot read ({e.strerror or e}): check its permissions",
+                                     "unlistable"))
+    return images, dirs
 
 
-def _image_problem(path: Path, decode: bool) -> str | None:
-    """Why an image cannot be used, or None; without decode only a cheap size check."""
+def _image_problem(path: Path, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
+    """(why an image cannot be used or None, its size if known); without decode only cheap checks."""
     try:
         if decode:
-            _open_decoded(path).close()
-        elif path.stat().st_size == 0:
-            return "empty file (0 bytes)"
+            with _open_decoded(path) as im:
+                return None, im.size
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)", None
     except UnreadableImageError as e:
-        return e.reason
+        return e.reason, None
     except OSError as e:
-        return f"cannot open ({e.strerror or e})"
-    return None
+        return f"cannot open ({e.strerror or e})", None
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return None, im.size
+    except Exception:  # not decoding on request: problems show when training loads the file
+        return None, None
 
 
 def _deeper_image_folders(root: Path) -> list[Path]:
@@ -310,10 +427,11 @@ def _deeper_image_folders(root: Path) -> list[Path]:
 
 def _no_images_error(scan: DatasetScan, ignored: list[str], unsupported_note: str) -> InstantLoraError:
     root = scan.root
-    if scan.skipped:
-        listed = ", ".join(f"{_rel(f.path, root)} ({f.reason})" for f in scan.skipped[:5])
-        more = f" and {len(scan.skipped) - 5} more" if len(scan.skipped) > 5 else ""
-        return InstantLoraError(f"All {len(scan.skipped)} images in {root} failed to load: {listed}{more}",
+    failed = [f for f in scan.skipped if f.kind == "unreadable"]
+    if failed:
+        listed = ", ".join(f"{_rel(f.path, root)} ({f.reason})" for f in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        return InstantLoraError(f"All {len(failed)} images in {root} failed to load: {listed}{more}",
                                 hint="Re-save them as PNG or JPEG in an image editor, or replace them.", path=root)
     found = _deeper_image_folders(root)
     if found:  # typically the grandparent was passed: data/ instead of data/lora_train_set/
@@ -333,6 +451,10 @@ def _no_images_error(scan: DatasetScan, ignored: list[str], unsupported_note: st
             hint=_layout_hint("Instead: " + "; or ".join(dict.fromkeys(advice)) + ".", layout_root), path=root)
     extra = f" (ignored folders: {', '.join(ignored)})" if ignored else ""
     extra += f" ({unsupported_note})" if unsupported_note else ""
+    others = [f for f in scan.skipped if f.kind != "unsupported"]  # links, unreadable folders
+    if others:
+        listed = "; ".join(f"{_rel(f.path, root)}: {f.reason}" for f in others[:3])
+        extra += f" (skipped {listed}" + (f" and {len(others) - 3} more)" if len(others) > 3 else ")")
     return InstantLoraError(f"No usable images found in {root}{extra}", path=root, hint=_layout_hint(
         "Put images (png, jpg, jpeg, webp, bmp) into folders named <repeats>_<name> inside it.", root.name))
 
@@ -343,6 +465,16 @@ def _checked_root(train_data_dir) -> Path:
         raise InstantLoraError("No training folder given", hint=_layout_hint(advice))
     root = Path(train_data_dir).expanduser().absolute()
     if not root.exists():
+        if root.is_symlink():  # a dangling link, or a link loop
+            try:
+                os.stat(root)
+                why = "cannot be followed"
+            except FileNotFoundError:
+                why = f"points to {os.readlink(root)}, which does not exist"
+            except OSError as e:
+                why = f"cannot be followed ({e.strerror or e})"
+            raise InstantLoraError(f"Training folder {root} is a symbolic link that {why}", path=root,
+                                   hint=_layout_hint("Pass the real folder, or fix the link. " + advice))
         raise InstantLoraError(f"Training folder not found: {root}", path=root,
                                hint=_layout_hint("Check the path. " + advice))
     if not root.is_dir():
@@ -351,11 +483,16 @@ def _checked_root(train_data_dir) -> Path:
 
 
 def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: bool = True) -> DatasetScan:
-    """Find the training images, their repeats and captions; with check_images, decode every one."""
+    """Find the training images, their repeats and captions; with check_images, decode every one.
+
+    Files that cannot be used (undecodable, unsupported type, broken or looping links, unreadable
+    folders) land in ``skipped`` with a reason; usable images that are tiny or very elongated, and
+    captions with prompt tags or over 75 tokens, land in ``warnings`` and in ``notes``.
+    """
+    ext = _checked_caption_extension(caption_extension)
     root = _checked_root(train_data_dir)
-    ext = _normalize_extension(caption_extension)
     scan = DatasetScan(root=root, caption_extension=ext)
-    direct, subdirs, unsupported = _list_dir(root)
+    direct, subdirs = _list_dir(root, scan.skipped, strict=True)
 
     groups: list[tuple[str, Path, int, str, list[Path]]] = []  # name, folder, repeats, tokens, images
     ignored = []
@@ -367,8 +504,7 @@ def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: 
                    else "the repeat count must be 1 or more, e.g. 1_" + parsed[1])
             scan.notes.append(f"ignored folder '{d.name}': {why}")
         else:
-            images, _, more_unsupported = _list_dir(d)
-            unsupported += more_unsupported
+            images, _ = _list_dir(d, scan.skipped)
             groups.append((d.name, d, parsed[0], parsed[1], images))
 
     parsed = _parse_repeat_name(root.name)
@@ -384,23 +520,26 @@ def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: 
         groups.append((root.name, root, 1, "", direct))
         scan.notes.append(f"'{root.name}' has images directly inside: training them with 1 repeat; "
                           f"use subfolders like 10_<name> to set repeats")
+    unsupported = [f.path for f in scan.skipped if f.kind == "unsupported"]  # each is listed in skipped
     unsupported_note = ""
     if unsupported:
         kinds = ", ".join(sorted({p.suffix.lower() for p in unsupported}))
         unsupported_note = (f"ignored {len(unsupported)} file(s) of unsupported type ({kinds}): "
                             f"convert them to PNG or JPEG")
-        scan.notes.append(unsupported_note)
+    unlistable = {f.path for f in scan.skipped if f.kind == "unlistable"}
 
     # Decoding is the slow part; Pillow releases the GIL while decoding, so threads help.
     paths = [p for g in groups for p in g[4]]
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, max(1, len(paths)))) as pool:
-        problems = dict(zip(paths, pool.map(lambda p: _image_problem(p, check_images), paths)))
+        checked = dict(zip(paths, pool.map(lambda p: _image_problem(p, check_images), paths)))
 
+    sizes: dict[Path, tuple[int, int]] = {}
     for name, folder, repeats, tokens, images in groups:
         good = 0
         for path in images:
-            if problems[path] is not None:
-                scan.skipped.append(SkippedFile(path, problems[path]))
+            problem, size = checked[path]
+            if problem is not None:
+                scan.skipped.append(SkippedFile(path, problem))
                 continue
             caption, source = read_caption(path, ext), "file"
             if not caption:
@@ -408,10 +547,12 @@ def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: 
                     scan.empty_captions.append(path.with_name(path.stem + ext))
                 caption, source = tokens, ("folder" if tokens else "none")
             scan.items.append(ImageItem(path, caption, source, repeats, name))
+            if size:
+                sizes[path] = size
             good += 1
         if good:
             scan.subsets.append(Subset(name, folder, repeats, tokens, good))
-        elif not images:
+        elif not images and folder not in unlistable:
             scan.notes.append(f"folder '{name}' has no images: skipped")
 
     if not scan.items:
@@ -419,4 +560,45 @@ def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: 
     none = sum(item.caption_source == "none" for item in scan.items)
     if none:
         scan.notes.append(f"{none} image(s) have no caption (no {ext} file, no class tokens in the folder name)")
+    scan.warnings += _image_warnings(scan.items, sizes)
+    scan.warnings += _caption_warnings(scan.items, ext)
+    scan.notes += [w.line(root) for w in scan.warnings]
     return scan
+
+
+def _image_warnings(items: list[ImageItem], sizes: dict[Path, tuple[int, int]]) -> list[ScanWarning]:
+    small, elongated = [], []
+    for item in items:
+        if item.path not in sizes:
+            continue
+        short, long = sorted(sizes[item.path])
+        if short < MIN_IMAGE_SIDE:
+            small.append(item.path)
+        if long > MAX_ASPECT_RATIO * max(short, 1):
+            elongated.append(item.path)
+    out = []
+    if small:
+        out.append(ScanWarning("small_image", f"{len(small)} image(s) smaller than {MIN_IMAGE_SIDE} px on a side: "
+                               f"upscaled to the training size they teach blur; use larger images (512 px or more) "
+                               f"or remove them", small))
+    if elongated:
+        out.append(ScanWarning("extreme_aspect", f"{len(elongated)} image(s) with one side over "
+                               f"{MAX_ASPECT_RATIO:g}x the other: training crops away most of each; crop them by "
+                               f"hand to the part that matters", elongated))
+    return out
+
+
+def _caption_warnings(items: list[ImageItem], ext: str) -> list[ScanWarning]:
+    """The per-caption rules of `caption --lint` (prompt tags, over 75 tokens), on the captions trained."""
+    from .captioning.lint import caption_rule_issues  # light: no torch unless a caption's length is in doubt
+
+    named: dict[str, Path] = {}  # the file to edit: the caption file, else the image (folder-name caption)
+    captions: dict[str, str] = {}
+    for item in items:
+        if not item.caption:
+            continue
+        target = item.path.with_name(item.path.stem + ext) if item.caption_source == "file" else item.path
+        named[str(target)] = target
+        captions[str(target)] = item.caption
+    return [ScanWarning(issue.kind, issue.message, [named[p] for p in issue.paths])
+            for issue in caption_rule_issues(captions)]

@@ -1,27 +1,32 @@
 """The one training job of a process, run in a background thread.
 
-Front ends start it and poll a snapshot; closing the browser tab does not stop it, and a page
-opened later sees the running job. A second start while one runs is refused with what is running.
+Front ends start it with a PreparedRun (the one request path) and poll a snapshot; closing the
+browser tab does not stop it, and a page opened later sees the running job. A second start while
+one runs is refused with what is running. The job's state is set from the run's end event
+(Finished, Cancelled, Failed), never guessed from messages.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 
 from .errors import InstantLoraError
-from .train.events import Finished, Saved, Status, Step, TrainControl, Warn
+from .train.events import Cancelled, Failed, Finished, RunStopped, Sample, Saved, Status, Step, TrainControl, Warn
 
 LOG_LINES = 200
+STATES = ("idle", "running", "finished", "cancelled", "failed")
 
 
 @dataclass
 class JobSnapshot:
-    state: str = "idle"  # idle | running | finished | cancelled | failed
+    state: str = "idle"  # one of STATES
     name: str = ""
     trigger_words: str = ""
+    stage: str = ""  # what the run is doing: waiting, dataset, captioning, loading, caching, training
     step: int = 0
     total: int = 0
     epoch: int = 0
@@ -37,6 +42,7 @@ class JobSnapshot:
     result_path: str | None = None
     error: str | None = None
     started_at: float = 0.0
+    version: int = 0  # grows with every change: pollers send only what changed
 
     @property
     def running(self) -> bool:
@@ -52,6 +58,10 @@ class JobSnapshot:
         return (self.total - self.step) / rate if rate > 0 and self.total else None
 
 
+def finite_or_none(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
 class TrainingJob:
     """Owns the worker thread and the state the UI reads; all updates go through one lock."""
 
@@ -61,6 +71,7 @@ class TrainingJob:
         self._thread: threading.Thread | None = None
         self._control: TrainControl | None = None
         self._first_step: int | None = None
+        self._version = 0
 
     def snapshot(self) -> JobSnapshot:
         with self._lock:
@@ -68,18 +79,28 @@ class TrainingJob:
             return JobSnapshot(**{**s.__dict__, "losses": list(s.losses), "samples": list(s.samples),
                                   "saved": list(s.saved), "log": list(s.log)})
 
-    def start(self, config, *, explicit=frozenset(), model=None, extra_sinks=(), before=None, after=None) -> None:
-        """Start training in the background. `before`/`after` run in the worker around the run
-        (the WebUI's VRAM hand-off); `after` runs on success, failure and cancel alike."""
+    @property
+    def version(self) -> int:
+        with self._lock:
+            return self._snap.version
+
+    def start(self, prepared, *, host=None, model=None, extra_sinks=()) -> None:
+        """Start a PreparedRun in the background. The host (if any) takes the GPU before the run
+        (the WebUI's queue and VRAM hand-off) and gives it back after success, failure and cancel."""
         with self._lock:
             if self._snap.running:
                 raise InstantLoraError(f"A training is already running: '{self._snap.name}' at step {self._snap.step}/{self._snap.total}.",
                                        hint="wait for it to finish or cancel it first")
-            self._snap = JobSnapshot(state="running", name=config.output_name or "last", trigger_words=config.trigger_words,
-                                     started_at=time.time())
+            self._version += 1
+            self._snap = JobSnapshot(state="running", name=prepared.name, trigger_words=prepared.config.trigger_words,
+                                     stage="waiting", total=prepared.plan.max_train_steps, started_at=time.time(),
+                                     version=self._version)
             self._control = TrainControl()
+            for source in (host.stop_sources() if host is not None else []):
+                self._control.add_source(source)
             self._first_step = None
-        self._thread = threading.Thread(target=self._work, args=(config, explicit, model, list(extra_sinks), before, after),
+        sinks = list(extra_sinks) + (host.progress_sinks() if host is not None else [])
+        self._thread = threading.Thread(target=self._work, args=(prepared, host, model, sinks),
                                         name="instant-lora-train", daemon=True)
         self._thread.start()
 
@@ -88,14 +109,19 @@ class TrainingJob:
             if not self._snap.running or self._control is None:
                 return False
             self._control.request_stop()
-            self._snap.log.append("cancel requested: stopping after the current step and saving")
+            self._append("cancel requested: stopping at the next step (or stage) and saving what was learned")
             return True
 
     @property
+    def control(self) -> TrainControl | None:
+        """The running job's control: every way of stopping goes through it."""
+        return self._control
+
+    @property
     def cancel_requested(self) -> bool:
-        """True once cancel() was called for the current run (also before its first step)."""
-        with self._lock:
-            return self._control is not None and self._control.stop_requested
+        """True once a stop was requested for the current run (also before its first step)."""
+        control = self._control
+        return control is not None and control.stop_requested
 
     def wait(self, timeout: float | None = None) -> JobSnapshot:
         if self._thread is not None:
@@ -103,52 +129,99 @@ class TrainingJob:
         return self.snapshot()
 
     # ---- worker side ---------------------------------------------------------------------
+    def _append(self, line: str) -> None:  # with the lock held
+        s = self._snap
+        s.log.append(line)
+        del s.log[:-LOG_LINES]
+        self._version += 1
+        s.version = self._version
+
     def _on_event(self, event) -> None:
         with self._lock:
             s = self._snap
             if isinstance(event, Step):
                 if self._first_step is None:
                     self._first_step = event.step - 1
-                s.step, s.total, s.epoch, s.loss, s.avg_loss, s.lr = event.step, event.total, event.epoch, event.loss, event.avg_loss, event.lr
+                s.stage = "training"
+                s.step, s.total, s.epoch, s.lr = event.step, event.total, event.epoch, event.lr
+                s.loss, s.avg_loss = finite_or_none(event.loss), finite_or_none(event.avg_loss)
                 s.seconds = event.seconds
                 s.step_in_run = event.step - self._first_step
-                s.losses.append((event.step, event.loss))
+                s.losses.append((event.step, s.loss))
+                self._version += 1
+                s.version = self._version
             elif isinstance(event, (Status, Warn)):
-                s.log.append(("WARNING: " if isinstance(event, Warn) else "") + event.message)
+                self._append(("WARNING: " if isinstance(event, Warn) else "") + event.message)
             elif isinstance(event, Saved):
-                s.log.append(f"saved {event.kind}: {event.path}")
                 if event.kind != "state":
                     s.saved.append(event.path)
-            elif isinstance(event, Finished):
-                s.result_path = event.path
-            elif type(event).__name__ == "Sample":
+                self._append(f"saved {event.kind}: {event.path}")
+            elif isinstance(event, Sample):
                 s.samples.append((event.caption, event.path))
-            del s.log[:-LOG_LINES]
+                self._append(f"sample at step {event.step}")
+            elif isinstance(event, Finished):
+                s.result_path, s.state = event.path, "finished"
+                self._append(f"done: {event.steps} steps")
+            elif isinstance(event, Cancelled):
+                s.result_path, s.state, s.stage = event.path, "cancelled", event.stage
+                self._append(f"cancelled during {event.stage}" + (f": saved {event.path}" if event.path else ": nothing was saved"))
+            elif isinstance(event, Failed):
+                s.state, s.error, s.stage = "failed", event.message, event.stage
+                self._append(f"ERROR: {event.message}")
 
-    def _work(self, config, explicit, model, extra_sinks, before, after) -> None:
-        from .train.loop import train
+    def _set_stage(self, stage: str) -> None:
+        with self._lock:
+            self._snap.stage = stage
+            self._version += 1
+            self._snap.version = self._version
 
-        state, error = "failed", None
+    def _work(self, prepared, host, model, sinks) -> None:
+        from .host import gpu
+        from .train.loop import run_prepared
+
+        control = self._control
+        error, stopped_at = None, None
         try:
-            if before:
-                before()
-            result = train(config, explicit=explicit, model=model, sinks=[self._on_event, *extra_sinks], control=self._control)
-            state = "cancelled" if result.cancelled else "finished"
-        except InstantLoraError as e:
-            error = str(e)
-        except Exception as e:  # an unexpected bug: keep the traceback where the user looks
-            error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
-        finally:
-            if after:
+            with gpu.hold(f"training '{prepared.name}'", wait=float("inf"), should_stop=lambda: control.stop_requested):
                 try:
-                    after()
-                except Exception as e:
-                    error = (error or "") + f"\nrestoring the WebUI model failed: {e}"
+                    if host is not None:
+                        host.before_training(control)
+                    self._set_stage("dataset")
+                    run_prepared(prepared, model=model, sinks=[self._on_event, *sinks], control=control)
+                finally:
+                    if host is not None:
+                        try:
+                            host.after_training()
+                        except Exception as e:
+                            error = f"giving the GPU back to the host failed: {e}"
+        except RunStopped as stop:  # while waiting for the GPU or the WebUI's queue
+            stopped_at = stop.stage
+        except InstantLoraError as e:
+            error = error or str(e)
+        except Exception as e:  # an unexpected bug: keep the traceback where the user looks
+            error = error or f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
+        finally:
+            model = None
+            try:
+                from .memory import release_memory
+
+                release_memory()  # what the run loaded goes back to the system, not only to Python
+            except Exception:
+                pass
             with self._lock:
-                self._snap.state = state
-                self._snap.error = error
-                if error:
-                    self._snap.log.append(f"ERROR: {error}")
+                s = self._snap
+                if s.state == "running" and stopped_at and not error:  # stopped before the run began
+                    s.state, s.stage = "cancelled", stopped_at
+                    self._append(f"cancelled while {stopped_at}: nothing was saved")
+                elif s.state == "running":  # no end event: it failed before the run could report
+                    s.state = "failed"
+                if error and s.state != "cancelled":
+                    s.state = "failed"
+                    if s.error is None:
+                        s.error = error
+                        self._append(f"ERROR: {error}")
+                self._version += 1
+                s.version = self._version
 
 
 _JOB: TrainingJob | None = None

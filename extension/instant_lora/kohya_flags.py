@@ -18,6 +18,9 @@ GROUP_TITLES = {"model": "base model", "data": "dataset", "network": "LoRA netwo
                 "logging": "logging"}
 
 
+NOT_FLAGS = {"sample_prompt_text"}  # the app's and REST's prompt text; the command line passes a file
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse would exit(2) with usage; we raise a message users can act on
         raise InstantLoraError(message)
@@ -30,7 +33,7 @@ def build_parser(prog: str = "standalone_app.py train") -> argparse.ArgumentPars
     groups = {g: p.add_argument_group(t) for g, t in GROUP_TITLES.items()}
     for name, f in FIELDS.items():
         meta = f.metadata
-        if meta["group"] not in groups:
+        if meta["group"] not in groups or name in NOT_FLAGS:
             continue
         shown = getattr(TrainConfig(), name)
         help_text = meta["help"] + (f" [default: {shown}]" if shown not in (None, "", []) and not isinstance(shown, bool) else "")
@@ -83,6 +86,12 @@ def read_toml(path: Path) -> dict:
 
 def parse_train_args(argv: list[str]) -> tuple[TrainConfig, set[str]]:
     """(config, names the user set explicitly) from a train_network.py-style command line."""
+    values, explicit, source = parse_train_values(argv)
+    return TrainConfig.from_dict(values, source=source), explicit
+
+
+def parse_train_values(argv: list[str]) -> tuple[dict, set[str], str]:
+    """(values, names the user set explicitly, where they came from) for the one request path."""
     parser = build_parser()
     known = {s for a in parser._actions for s in a.option_strings}
     ns, unknown = parser.parse_known_args(argv)
@@ -102,7 +111,6 @@ def parse_train_args(argv: list[str]) -> tuple[TrainConfig, set[str]]:
             values.pop("config_file")
     explicit = set(values) | set(given)
     values.update(given)
-    config = TrainConfig.from_dict(values, source=config_file or "command line")
-    return config, explicit & set(FIELD_NAMES)
+    return values, explicit & set(FIELD_NAMES), config_file or "command line"
 
 

@@ -5,26 +5,33 @@
 - a trigger word missing from some captions: those images train without it;
 - a tag present in (nearly) every caption: the constant binds to that tag instead of the trigger,
   so the LoRA then needs the tag in every prompt;
-- captions over 75 CLIP tokens: SD1.x cuts the rest off silently.
+- captions over 75 CLIP tokens: SD1.x cuts the rest off silently;
+- a prompt tag such as `<lora:name:0.8>` inside a caption: the text encoder learns it as words.
+
+The last two are per-caption rules shared with the dataset scan (`caption_rule_issues`), so the
+scan, the app's dataset view and `caption --lint` report them the same way.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 from ..errors import InstantLoraError
 from .compose import count_tokens, has_phrase, join_tags, split_tags, tag_key, truncate_tags, unique_tags
 
 COMMON_TAG_RATIO = 0.9   # a tag in >= 90% of captions is treated as constant
 COMMON_TAG_MIN_CAPTIONS = 4  # below this, every tag looks constant
+MAX_CAPTION_TOKENS = 75  # SD1.x's text window: 77 positions less the start and end tokens
 
 
 @dataclass
 class LintIssue:
-    kind: str          # unreadable | missing | empty | duplicate | no_trigger | common_tag | too_long | repeated_tag
+    # unreadable | missing | empty | duplicate | prompt_tag | no_trigger | common_tag | too_long | repeated_tag
+    kind: str
     message: str
     paths: List[str] = field(default_factory=list)
     fixable: bool = False
@@ -56,6 +63,95 @@ class LintReport:
         if self.files_changed:
             lines.append(f"  {len(self.files_changed)} caption file(s) rewritten")
         return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- per-caption rules
+# One set of rules for `caption --lint` and the dataset scan. Pure Python until a caption's length
+# is in doubt; only then is the CLIP tokenizer loaded (open_clip's bundled BPE file: no network).
+
+_PROMPT_TAG = re.compile(r"<\s*(?:lora|lyco|locon|loha|lokr|hypernet)\s*:[^<>]*>", re.IGNORECASE)
+# CLIP's pre-tokenizer on lowercased ASCII text ([\p{L}]+ is [a-z]+ there, [\p{N}] is [0-9]).
+_ASCII_PIECE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+")
+_tokenizer_missing = False
+
+
+def prompt_tags(caption: str) -> List[str]:
+    """`<lora:...>`, `<lyco:...>`, `<hypernet:...>` tags in a caption: WebUI prompt syntax, not caption text."""
+    return [m.group(0) for m in _PROMPT_TAG.finditer(caption)]
+
+
+def strip_prompt_tags(caption: str) -> str:
+    """The caption without its prompt tags; empty tags and doubled spaces left behind are dropped."""
+    return join_tags([" ".join(t.split()) for t in split_tags(_PROMPT_TAG.sub(" ", caption))])
+
+
+def _token_bounds(caption: str) -> Optional[tuple]:
+    """(at least, at most) CLIP tokens without loading the tokenizer; None when the text is not plain ASCII.
+
+    Every pre-tokenizer piece is one token or more, and BPE never yields more tokens than the
+    piece has bytes. Entities (&amp;), control characters and special-token names are handled by
+    the tokenizer itself, so such text takes the exact path.
+    """
+    if not caption.isascii() or "&" in caption or "<|" in caption or "_of_text>" in caption.lower():
+        return None  # entities, special tokens: left to the tokenizer
+    if not all(c.isprintable() or c in "\t\r\n" for c in caption):
+        return None
+    pieces = _ASCII_PIECE.findall(" ".join(caption.split()).lower())
+    return len(pieces), sum(len(p) for p in pieces)
+
+
+def count_caption_tokens(caption: str) -> int:
+    """CLIP tokens of a caption, without start/end tokens (what SD1.x's 75-token window counts).
+
+    Exact with open_clip's tokenizer; where open_clip is not installed, the count of
+    pre-tokenizer pieces (never more than the exact count, so no false alarms).
+    """
+    global _tokenizer_missing
+    if not _tokenizer_missing:
+        try:
+            return count_tokens(caption)
+        except Exception:  # open_clip missing or broken: a scan must still finish
+            _tokenizer_missing = True
+    bounds = _token_bounds(caption)
+    if bounds is not None:
+        return bounds[0]
+    return len(re.findall(r"[^\W\d_]+|\d|[^\s\w]+|_+", " ".join(caption.split()).lower()))
+
+
+def caption_over_limit(caption: str, max_tokens: int = MAX_CAPTION_TOKENS) -> bool:
+    """True when SD1.x would cut the caption: more than max_tokens CLIP tokens."""
+    bounds = _token_bounds(caption)
+    if bounds is not None:
+        if bounds[1] <= max_tokens:
+            return False
+        if bounds[0] > max_tokens:
+            return True
+    return count_caption_tokens(caption) > max_tokens
+
+
+def prompt_tag_issue(captions: Mapping[str, str]) -> Optional[LintIssue]:
+    """Captions holding a `<lora:...>`-style tag; keys name the caption files."""
+    tagged = {name: tags for name, text in captions.items() if (tags := prompt_tags(text))}
+    if not tagged:
+        return None
+    example = next(iter(tagged.values()))[0]
+    return LintIssue("prompt_tag", f"{len(tagged)} caption(s) hold a prompt tag like {example}: the text encoder "
+                     f"learns it as plain words; remove it (`caption --lint --fix` does)",
+                     [str(name) for name in tagged], fixable=True)
+
+
+def too_long_issue(captions: Mapping[str, str], max_tokens: int = MAX_CAPTION_TOKENS) -> Optional[LintIssue]:
+    """Captions over max_tokens CLIP tokens; keys name the caption files."""
+    too_long = [str(name) for name, text in captions.items() if caption_over_limit(text, max_tokens)]
+    if not too_long:
+        return None
+    return LintIssue("too_long", f"{len(too_long)} caption(s) exceed {max_tokens} CLIP tokens; SD1.x ignores the "
+                     f"rest: shorten them (`caption --lint --fix` drops trailing tags)", too_long, fixable=True)
+
+
+def caption_rule_issues(captions: Mapping[str, str], max_tokens: int = MAX_CAPTION_TOKENS) -> List[LintIssue]:
+    """The per-caption rules, as the dataset scan runs them: prompt tags, then over-long captions."""
+    return [issue for issue in (prompt_tag_issue(captions), too_long_issue(captions, max_tokens)) if issue]
 
 
 def _caption_file(image: Path, ext: str) -> Path:
@@ -112,6 +208,12 @@ def lint_captions(folder, caption_extension: str = ".txt", trigger: Optional[str
                                            f"(describe what differs between them)", paths))
 
     new = dict(captions)  # path -> caption after fixes
+    tagged = prompt_tag_issue(new)
+    if tagged:
+        report.issues.append(tagged)
+        for p in new:
+            if prompt_tags(new[p]):
+                new[p] = strip_prompt_tags(new[p])
     trigger = (trigger or "").strip().strip(",").strip()
     trigger_keys = {tag_key(t) for t in split_tags(trigger)}
 
@@ -142,14 +244,14 @@ def lint_captions(folder, caption_extension: str = ".txt", trigger: Optional[str
             for p in new:
                 new[p] = join_tags([x for x in split_tags(new[p]) if tag_key(x) not in common])
 
-    too_long = [p for p, t in new.items() if count_tokens(t) > max_tokens]
+    too_long = too_long_issue(new, max_tokens)
     if too_long:
-        report.issues.append(LintIssue("too_long", f"{len(too_long)} caption(s) exceed {max_tokens} CLIP tokens; "
-                                       f"SD1.x ignores the rest (--fix drops trailing tags)",
-                                       [str(p) for p in too_long], fixable=True))
+        report.issues.append(too_long)
         keep = len(split_tags(trigger)) if trigger else 0
-        for p in too_long:
-            new[p] = truncate_tags(new[p], max_tokens, keep_first=keep)
+        long_paths = set(too_long.paths)
+        for p in new:
+            if str(p) in long_paths:
+                new[p] = truncate_tags(new[p], max_tokens, keep_first=keep)
 
     if fix:
         for path, text in new.items():

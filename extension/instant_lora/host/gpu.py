@@ -8,6 +8,7 @@ import time
 from contextlib import contextmanager
 
 from ..errors import InstantLoraError
+from ..train.events import RunStopped
 
 _lock = threading.Lock()
 _owner: str | None = None
@@ -31,7 +32,7 @@ def hold(job: str, *, wait: float = 0.0, should_stop=None):
     deadline = time.monotonic() + max(0.0, wait)
     while not _lock.acquire(timeout=0.1):
         if should_stop is not None and should_stop():
-            raise InstantLoraError(f"stopped while waiting for the GPU ({_owner} holds it)")
+            raise RunStopped("waiting")
         if time.monotonic() >= deadline:
             raise InstantLoraError(f"the GPU is busy: {_owner or 'another job'} is running",
                                    hint="wait for it to finish (or cancel it), then try again")

@@ -8,12 +8,14 @@ is derived from a real module and checked on load: a miss is an error, never sil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 
 from ..errors import InstantLoraError
+from ..output_paths import write_error, write_synced
 from .layers import ADAPTER, layer_tensors, lora_layers
 
 UNET_PREFIX = "lora_unet"
@@ -100,21 +102,33 @@ def tensor_data_hash(sd: dict) -> tuple[str, str]:
     return hashlib.sha256(data).hexdigest(), hashlib.sha256(raw[0x100000:0x110000]).hexdigest()[:8]
 
 
+def temp_name(path: Path) -> Path:
+    """The hidden name `atomic_write_bytes` writes first (output_paths.clean_leftovers finds
+    these; config.WRITTEN_NAME_PATTERNS counts their length)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a hidden temp name that no loader lists, fsync, then rename over the target: the
-    Lora folder never holds a half-written file, even if the process dies mid-write."""
+    Lora folder never holds a half-written file, even if the process dies mid-write. A full disk,
+    a denied or read-only folder raise InstantLoraError (the temp file removed, the target as it
+    was); other OS errors are raised as they are."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_synced(tmp, data)
         os.replace(tmp, path)
+    except OSError as e:
+        error = write_error(e, path)
+        if error is not None:
+            raise error from e
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            if tmp.exists():
+                tmp.unlink()
 
 
 def save_lora_file(path: Path, sd: dict, metadata: dict) -> Path:
@@ -128,8 +142,22 @@ def save_lora_file(path: Path, sd: dict, metadata: dict) -> Path:
     model_hash, legacy_hash = tensor_data_hash(sd)
     md = {k: str(v) for k, v in metadata.items()}
     md.update(sshs_model_hash=model_hash, sshs_legacy_hash=legacy_hash)
-    atomic_write_bytes(Path(path), save(sd, metadata=md))
+    atomic_write_bytes(Path(path), canonical_header(save(sd, metadata=md)))
     return Path(path)
+
+
+def canonical_header(data: bytes) -> bytes:
+    """The same file with its JSON header's keys sorted: safetensors writes the metadata in hash
+    order, which differs between saves, and same seed + same data must give the same bytes.
+    The header keeps its length (same content), so the tensor offsets are unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | dict(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # never expected; keep the writer's own bytes rather than risk a bad file
+        return data
+    return n.to_bytes(8, "little") + text + b" " * (n - len(text)) + data[8 + n:]
 
 
 def read_lora_file(path: Path) -> tuple[dict, dict]:

@@ -27,6 +27,9 @@ def normalize_sampler(name: str) -> str:
                            hint="choose one of: " + ", ".join(SAMPLERS))
 
 
+MAX_SIDE = 4096  # pixels; a bigger image would exhaust memory before it is refused anywhere else
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     negative_prompt: str = ""
@@ -42,11 +45,12 @@ class GenerationSettings:
         problems = []
         if not 1 <= int(self.steps) <= 1000:
             problems.append(f"steps = {self.steps} must be 1-1000")
-        if not math.isfinite(float(self.cfg_scale)):
-            problems.append(f"CFG scale = {self.cfg_scale} must be a number")
+        if not math.isfinite(float(self.cfg_scale)) or not 0 <= float(self.cfg_scale) <= 100:
+            problems.append(f"CFG scale = {self.cfg_scale} must be a number from 0 to 100")
         for label, v in (("width", self.width), ("height", self.height)):
-            if int(v) < 8 or int(v) % 8:
-                problems.append(f"{label} = {v} must be a positive multiple of 8 (e.g. {max(8, round(int(v) / 8) * 8)})")
+            if int(v) < 8 or int(v) % 8 or int(v) > MAX_SIDE:
+                problems.append(f"{label} = {v} must be a multiple of 8 from 8 to {MAX_SIDE}"
+                                + (f" (e.g. {max(8, round(int(v) / 8) * 8)})" if 8 <= int(v) <= MAX_SIDE else ""))
         if not 1 <= int(self.clip_skip) <= 12:
             problems.append(f"clip skip = {self.clip_skip} must be 1-12")
         if problems:

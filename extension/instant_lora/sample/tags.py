@@ -139,3 +139,10 @@ def with_lora_tag(prompt: str, name: str, weight: float, replace=()) -> str:
         return base
     tag = format_tag(name, weight)
     return f"{base} {tag}" if base else tag
+
+
+def result_prompt(lora_path, trigger_words: str = "", weight: float = 0.8) -> str:
+    """What a user pastes after a training: `<lora:name:0.8> trigger words`."""
+    from pathlib import Path
+
+    return format_tag(Path(lora_path).stem, weight) + (f" {trigger_words}" if trigger_words else "")

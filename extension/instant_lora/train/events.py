@@ -7,6 +7,7 @@ WebUI's progress state) and polls a TrainControl at every step boundary.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -53,24 +54,75 @@ class Sample:
 
 @dataclass
 class Finished:
+    """The run completed every planned step; `path` is the final file."""
     path: str | None
     steps: int
     seconds: float
-    cancelled: bool
+    cancelled: bool = False  # always False: a stop ends with Cancelled (kept for old log readers)
+
+
+@dataclass
+class Cancelled:
+    """A stop request was obeyed. `path` is the file saved at the stop (None when it came before
+    the first step: nothing was written into the Lora folder)."""
+    path: str | None
+    steps: int
+    seconds: float
+    stage: str  # where it stopped: "waiting", "dataset", "captioning", "loading", "caching", "training"
+
+
+@dataclass
+class Failed:
+    """The run ended with an error; earlier saves stay intact."""
+    message: str
+    stage: str
+    steps: int = 0
+
+
+END_EVENTS = (Finished, Cancelled, Failed)
+
+
+class RunStopped(Exception):
+    """Raised at a stage boundary when a stop was requested; the run ends as Cancelled."""
+
+    def __init__(self, stage: str):
+        super().__init__(f"stopped during {stage}")
+        self.stage = stage
 
 
 class TrainControl:
-    """Thread-safe requests from a front end, read by the loop between steps."""
+    """Thread-safe requests from the front ends, read by the run at every stage boundary and
+    between steps. Hosts add sources of their own (the WebUI's Interrupt button), so every way of
+    stopping reaches the run through this one control."""
 
     def __init__(self):
         self._stop = threading.Event()
+        self._sources: list = []
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    def add_source(self, source) -> None:
+        """`source()` returning True counts as a stop request (polled, never called from a sink)."""
+        self._sources.append(source)
+
     @property
     def stop_requested(self) -> bool:
-        return self._stop.is_set()
+        if self._stop.is_set():
+            return True
+        for source in self._sources:
+            try:
+                if source():
+                    self._stop.set()
+                    return True
+            except Exception:
+                continue  # a host's source that fails must not stop or break the run
+        return False
+
+    def check(self, stage: str) -> None:
+        """Raise RunStopped at a stage boundary when a stop was requested."""
+        if self.stop_requested:
+            raise RunStopped(stage)
 
 
 class Emitter:
@@ -128,8 +180,13 @@ class ConsoleSink:
             self._print(f"sample at step {event.step}: {event.path}")
         elif isinstance(event, Finished):
             self.close()
-            what = "cancelled" if event.cancelled else "done"
-            self._print(f"{what}: {event.steps} steps in {event.seconds:.1f}s" + (f" -> {event.path}" if event.path else ""))
+            self._print(f"done: {event.steps} steps in {event.seconds:.1f}s" + (f" -> {event.path}" if event.path else ""))
+        elif isinstance(event, Cancelled):
+            self.close()
+            self._print(f"cancelled during {event.stage} after {event.steps} steps"
+                        + (f" -> {event.path}" if event.path else ": nothing was saved"))
+        elif isinstance(event, Failed):
+            self.close()  # the command line prints the error itself, once
 
     def close(self) -> None:
         if self.bar is not None:
@@ -146,7 +203,10 @@ class JsonlSink:
         self.file = open(path, "a", encoding="utf-8")
 
     def __call__(self, event) -> None:
-        self.file.write(json.dumps({"event": type(event).__name__.lower(), "time": round(time.time(), 3), **asdict(event)}) + "\n")
+        record = {"event": type(event).__name__.lower(), "time": round(time.time(), 3), **asdict(event)}
+        # NaN/inf losses are written as null: the log stays valid JSON for every reader.
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
     def close(self) -> None:

@@ -1,20 +1,20 @@
 """The training run: dataset -> (captions) -> model + LoRA -> caches -> steps -> saved files.
 
-Randomness is derived from (seed, position) rather than carried in global RNG state: the data
-order of epoch e and the noise/timesteps of micro-batch i are pure functions of the seed, so a
-resumed run takes exactly the path the uninterrupted run would have taken.
+It walks a PreparedRun's plan (the one request path made it): the steps, the saves and the
+samples are the plan's, never recomputed here. A stop request is obeyed at every stage boundary
+and between steps; the run ends with exactly one of Finished, Cancelled or Failed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InstantLoraError
-from .events import Emitter, Finished, Sample, Saved, Status, Step, TrainControl, Warn
+from .events import Cancelled, Emitter, Failed, Finished, RunStopped, Sample, Status, Step, TrainControl, Warn
+from .objective import epoch_order
 
 NAN_PATIENCE = 5  # consecutive non-finite losses before the run stops (fp16 overflow, bad data)
 
@@ -29,78 +29,58 @@ class TrainResult:
     plan: object
 
 
-def _rng(seed: int, *key: int):
-    import torch
-
-    h = seed
-    for k in key:
-        h = (h * 1_000_003 + k) % (2**63 - 1)
-    return torch.Generator().manual_seed(h)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    import torch
-
-    return torch.randperm(n, generator=_rng(seed, 1, epoch)).tolist()
-
-
-def _min_snr_weights(noise_scheduler, timesteps, gamma: float):
-    """min(SNR, gamma) / SNR per sample (Hang et al. 2023, eq. 9; epsilon prediction)."""
-    import torch
-
-    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = alphas / (1 - alphas)
-    return torch.minimum(snr, torch.full_like(snr, gamma)) / snr
-
-
 class Run:
-    """One training run's objects, built step by step so each stage reports before it starts."""
+    """One training run's objects, built stage by stage; each stage reports before it starts and
+    a stop request is obeyed at every boundary between them."""
 
-    def __init__(self, config, *, explicit=frozenset(), model=None, sinks=(), control: TrainControl | None = None):
-        self.config = config
-        self.explicit = set(explicit)
+    def __init__(self, prepared, *, model=None, sinks=(), control: TrainControl | None = None):
+        self.prepared = prepared
+        self.config, self.plan, self.scan = prepared.config, prepared.plan, prepared.scan
         self.model = model
         self.emit = Emitter(list(sinks))
         self.control = control or TrainControl()
         self.saved: list[Path] = []
+        self.stage = "dataset"
+        self.step = 0
+        self.start_step = 0
+        self.t0 = time.time()
+        self.output_dir = Path(self.plan.output_dir)
+        self.output_name = self.plan.output_name
+        self.logging_dir = Path(self.plan.logging_dir)
+
+    def enter(self, stage: str) -> None:
+        self.control.check(self.stage)
+        self.stage = stage
 
     # ---- setup ---------------------------------------------------------------------------
     def prepare(self) -> None:
-        import torch
-
         from ..dataset import scan_dataset
-        from ..output_paths import resolve_output_dir
-        from .plan import make_plan
+        from ..output_paths import clean_leftovers
+        from .plan import describe
 
-        cfg = self.config
-        cfg.check()
-        self.scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension)
+        cfg, plan = self.config, self.plan
+        self._open_logs()
+        removed = clean_leftovers(self.output_dir, self.output_name)
+        if removed:
+            self.emit(Status(f"removed {len(removed)} leftover temp file(s) of an interrupted run: "
+                             f"{', '.join(p.name for p in removed[:4])}{' ...' if len(removed) > 4 else ''}"))
+        for leftover, state in getattr(removed, "restored", ()):
+            self.emit(Status(f"restored {Path(state).name} from {Path(leftover).name} (a save was interrupted)"))
         if cfg.auto_caption and any(i.caption_source != "file" for i in self.scan.items):
+            self.enter("captioning")
             self._auto_caption()
             self.scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension)
+            if self.scan.num_train_images != plan.num_train_images:
+                raise InstantLoraError(f"the dataset changed while captioning ({plan.num_train_images} images planned, "
+                                       f"{self.scan.num_train_images} now)", hint="start the training again")
         for note in self.scan.notes:
             self.emit(Status(note))
         self.emit(Status(self.scan.summary()))
-        seed = cfg.seed if cfg.seed is not None else random.randint(0, 2**31 - 1)
-        cuda = torch.cuda.is_available()
-        self.plan = make_plan(cfg, len(self.scan.items), self.scan.num_train_images, cuda=cuda, explicit=self.explicit, seed=seed)
-        for w in self.plan.warnings:
+        for w in plan.warnings:
             self.emit(Warn(w))
-        p = self.plan
-        self.emit(Status(f"plan: {p.num_train_images} images x repeats / batch {p.batch_size} = {p.steps_per_epoch} steps per epoch; "
-                         f"{p.max_train_steps} steps = {p.num_epochs} epochs; rank {p.rank}, alpha {p.alpha:g} (scale {p.lora_scale:.3g}); "
-                         f"seed {p.seed}; {p.device} {'fp32' if p.precision == 'no' else p.precision}"))
-        self.output_dir, why = resolve_output_dir(cfg.output_dir, cfg.lora_dir, cfg.webui_dir)
-        self.output_name = cfg.output_name or "last"
-        self.emit(Status(f"output: {self.output_dir / (self.output_name + '.safetensors')} ({why})"))
-        self.logging_dir = Path(cfg.logging_dir) if cfg.logging_dir else self.output_dir / "logs"
-        self.sample_prompts = []
-        if cfg.sample_prompts:
-            from .sampling import read_prompt_file, sampler_name
-
-            self.sample_prompts = read_prompt_file(cfg.sample_prompts)
-            self.sample_sampler = sampler_name(cfg.sample_sampler)  # checked now, not at the first sample
-        self._open_logs()
+        for line in describe(plan):
+            self.emit(Status(f"plan: {line}"))
+        self.emit(Status(f"output: {plan.final_path()}"))
 
     def _auto_caption(self) -> None:
         from ..captioning import CaptionOptions, caption_folder, free_clip_model
@@ -110,7 +90,8 @@ class Run:
         options = CaptionOptions(mode="fill", caption_extension=cfg.caption_extension, prefix=cfg.trigger_words,
                                  clip_model=cfg.caption_clip_model, clip_pretrained=cfg.caption_clip_pretrained)
         try:
-            report = caption_folder(cfg.train_data_dir, options)
+            report = caption_folder(cfg.train_data_dir, options,
+                                    progress=lambda done, total, rate=0.0: self.control.check("captioning"))
         finally:
             free_clip_model()  # its VRAM belongs to training now
         self.emit(Status(report.summary()))
@@ -118,7 +99,7 @@ class Run:
     def _open_logs(self) -> None:
         from .events import JsonlSink, TensorBoardSink
 
-        run_name = f"{self.config.log_prefix or ''}{self.output_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_name = self.plan.run_name or f"{self.output_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.emit.sinks.append(JsonlSink(self.logging_dir / f"{run_name}.jsonl"))
         if self.config.log_with in ("tensorboard", "all"):
             try:
@@ -154,8 +135,9 @@ class Run:
         unet_names = unet_targets(m.unet, cfg.preset)
         te_names = text_encoder_targets(m.text_encoder, cfg.preset) if plan.train_text_encoder else []
         dropout = cfg.network_dropout or 0.0
-        inject_lora(m.unet, unet_names, plan.rank, plan.alpha, dropout)
-        inject_lora(m.text_encoder, te_names, plan.rank, plan.alpha, dropout)
+        # Seeded from the run's seed: same seed + same data = the same file, bit for bit.
+        inject_lora(m.unet, unet_names, plan.rank, plan.alpha, dropout, seed=plan.seed, seed_salt="unet")
+        inject_lora(m.text_encoder, te_names, plan.rank, plan.alpha, dropout, seed=plan.seed, seed_salt="text_encoder")
         for net in (m.unet, m.text_encoder):
             for n, prm in net.named_parameters():
                 if "lora_" not in n:
@@ -215,7 +197,8 @@ class Run:
         paths = list(dict.fromkeys(i.path for i in self.scan.items))
         if cfg.cache_latents or cfg.cache_latents_to_disk:
             self.emit(Status(f"caching latents of {len(paths)} images (VAE runs once per image)..."))
-            self.latents = encode_images(m.vae, paths, plan.width, plan.height, device=self.device, to_disk=cfg.cache_latents_to_disk)
+            self.latents = encode_images(m.vae, paths, plan.width, plan.height, device=self.device, to_disk=cfg.cache_latents_to_disk,
+                                         progress=lambda done, total: self.control.check("caching"))
             m.vae.to("cpu")  # not needed again this run: free its VRAM
         self.text_cache = None
         if not plan.train_text_encoder:
@@ -248,57 +231,29 @@ class Run:
 
     # ---- one step --------------------------------------------------------------------------
     def _batch_loss(self, items, micro_index: int):
-        import torch
-        import torch.nn.functional as F
+        from .objective import batch_loss
 
-        from ..cache import encode_text, tokenize
-        from ..dataset import image_to_tensor, load_image, resize_cover_crop
+        return batch_loss(self, items, micro_index)
 
-        cfg, plan, m = self.config, self.plan, self.model
-        if self.latents is not None:
-            latents = torch.stack([self.latents[i.path] for i in items]).to(self.device)
-        else:
-            with torch.no_grad():
-                px = torch.stack([image_to_tensor(resize_cover_crop(load_image(i.path), plan.width, plan.height)) for i in items])
-                latents = m.vae.encode(px.to(self.device, torch.float32)).latent_dist.mean * m.vae.config.scaling_factor
-        latents = latents.to(self.weight_dtype)
-        if self.text_cache is not None:
-            hidden = torch.stack([self.text_cache[i.caption] for i in items])
-        else:
-            ids = tokenize(m.tokenizer, [i.caption for i in items]).to(self.device)
-            hidden = encode_text(self.te_fwd, ids, cfg.clip_skip)
-        g = _rng(plan.seed, 2, micro_index)
-        bsz = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=g)
-        if cfg.noise_offset:
-            noise = noise + cfg.noise_offset * torch.randn((bsz, latents.shape[1], 1, 1), generator=g)
-        timesteps = torch.randint(0, m.noise_scheduler.config.num_train_timesteps, (bsz,), generator=g)
-        noise, timesteps = noise.to(self.device, latents.dtype), timesteps.to(self.device)
-        noisy = m.noise_scheduler.add_noise(latents, noise, timesteps)
-        pred = self.unet_fwd(noisy, timesteps, hidden.to(self.weight_dtype)).sample
-        loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
-        if cfg.min_snr_gamma:
-            loss = loss * _min_snr_weights(m.noise_scheduler, timesteps, cfg.min_snr_gamma)
-        return loss.mean()
-
-    # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         import torch
 
         cfg, plan = self.config, self.plan
         items = [it for it in self.scan.items for _ in range(it.repeats)]
-        start_step = self._maybe_resume()
-        gas, bs = cfg.gradient_accumulation_steps, plan.batch_size
+        self.start_step = step = self._maybe_resume()
+        gas, bs = plan.accumulation, plan.batch_size
         params = self.unet_params + self.te_params
         losses, bad_streak, cancelled = [], 0, False
-        self.started_at = time.time()
-        t0 = time.time()
-        step = start_step
+        from .metadata import run_clock
+
+        self.started_at = run_clock()
+        self.t0 = time.time()
         self.unet_fwd.train()
         if self.te_fwd is not None:
             self.te_fwd.train()
+        self.enter("training")
         self.emit(Status(f"training from step {step} to {plan.max_train_steps}" if step else "training..."))
-        if cfg.sample_at_first and step == 0:
+        if plan.samples_at(0) and step == 0:
             self._sample(0)
         while step < plan.max_train_steps and not cancelled:
             epoch = step // plan.steps_per_epoch
@@ -318,7 +273,7 @@ class Run:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                step += 1
+                self.step = step = step + 1
                 bad_streak = bad_streak + 1 if not torch.isfinite(torch.tensor(step_loss)) else 0
                 if bad_streak >= NAN_PATIENCE:
                     raise InstantLoraError(f"the loss was NaN/inf for {NAN_PATIENCE} steps in a row (step {step}); stopped without saving broken weights.",
@@ -327,109 +282,99 @@ class Run:
                 recent = [x for x in losses[-50:] if x == x]
                 self.emit(Step(step=step, total=plan.max_train_steps, epoch=epoch + 1, loss=step_loss,
                                avg_loss=sum(recent) / max(len(recent), 1), lr=self.scheduler.get_last_lr()[0],
-                               seconds=time.time() - t0))
-                epoch_done = b + gas >= len(batches)
+                               seconds=time.time() - self.t0))
                 if step >= plan.max_train_steps:
                     break
-                if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0:
-                    self.save(f"{self.output_name}-step{step:08d}", step, epoch + (1 if epoch_done else 0), "step")
-                if epoch_done and cfg.save_every_n_epochs and (epoch + 1) % cfg.save_every_n_epochs == 0:
-                    self.save(f"{self.output_name}-{epoch + 1:06d}", step, epoch + 1, "epoch")
-                if (cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0) or \
-                        (epoch_done and cfg.sample_every_n_epochs and (epoch + 1) % cfg.sample_every_n_epochs == 0):
+                for planned in plan.saves_at(step):  # the plan's schedule, nothing computed here
+                    self.save(planned.stem, step, planned.epoch, planned.kind)
+                if plan.samples_at(step):
                     self._sample(step)
                 if self.control.stop_requested:
                     cancelled = True
                     break
-        epoch = -(-step // plan.steps_per_epoch)
-        if self.sample_prompts and not cancelled and (cfg.sample_every_n_steps or cfg.sample_every_n_epochs):
-            self._sample(step)  # the final LoRA's look
         if cancelled:
-            final = self.save(f"{self.output_name}-step{step:08d}", step, epoch, "cancelled")
-        else:
-            final = self.save(self.output_name, step, epoch, "final", finished=True)
-        seconds = time.time() - t0
-        self.emit(Finished(path=str(final), steps=step, seconds=seconds, cancelled=cancelled))
-        return TrainResult(path=final, saved=self.saved, steps=step, losses=losses, cancelled=cancelled, plan=plan)
+            return self._finish_cancelled(losses)
+        if plan.samples_at(plan.max_train_steps):
+            self._sample(step)  # the final LoRA's look
+        final = plan.saves[-1]
+        path = self.save(final.stem, step, final.epoch, "final", finished=True)
+        self.emit(Finished(path=str(path), steps=step, seconds=time.time() - self.t0))
+        return TrainResult(path=path, saved=self.saved, steps=step, losses=losses, cancelled=False, plan=plan)
+
+    def _finish_cancelled(self, losses) -> TrainResult:
+        """Save what was learned since this process started; a stop before the first step
+        writes nothing into the Lora folder."""
+        step, path = self.step, None
+        if step > self.start_step:
+            path = self.save(f"{self.output_name}-step{step:08d}", step, step // self.plan.steps_per_epoch, "cancelled")
+        self.emit(Cancelled(path=str(path) if path else None, steps=step, seconds=time.time() - self.t0, stage=self.stage))
+        return TrainResult(path=path, saved=self.saved, steps=step, losses=losses, cancelled=True, plan=self.plan)
 
     def _sample(self, step: int) -> None:
-        from .sampling import render_samples
+        from .sampling import render_samples, sampler_name
 
         if not self.accelerator.is_main_process:
             return
         cfg, plan = self.config, self.plan
         autocast = getattr(self.accelerator, "autocast", None)  # frozen fp16 weights + fp32 LoRA, as in training
         with autocast() if autocast else contextlib.nullcontext():
-            rendered = render_samples(self.model, self.sample_prompts, sampler=self.sample_sampler, width=plan.width,
+            rendered = render_samples(self.model, list(plan.sample_prompts), sampler=sampler_name(cfg.sample_sampler), width=plan.width,
                                       height=plan.height, seed=plan.seed, clip_skip=cfg.clip_skip,
                                       folder=self.logging_dir / "samples", stem=f"{self.output_name}_step{step:08d}")
         for prompt, path in rendered:
             self.emit(Sample(step=step, caption=prompt, path=str(path)))
 
     # ---- saving and resuming -------------------------------------------------------------
-    def _state_match(self) -> dict:
-        return {"network_dim": self.plan.rank, "network_alpha": self.plan.alpha, "preset": self.config.preset,
-                "train_text_encoder": self.plan.train_text_encoder}
-
     def _maybe_resume(self) -> int:
-        if not self.config.resume:
-            return 0
-        from ..lora.kohya_file import load_into_layers
-        from .state import load_state, restore_rng
+        from .saving import maybe_resume
 
-        state = load_state(Path(self.config.resume), self._state_match())
-        m = self.model
-        load_into_layers(state["lora"], m.unet, m.text_encoder if self.te_params else None, source=self.config.resume)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        restore_rng(state)
-        self.emit(Status(f"resumed from {self.config.resume} at step {state['step']} (epoch {state['epoch']})"))
-        return int(state["step"])
+        return maybe_resume(self)
 
     def save(self, stem: str, step: int, epoch: int, kind: str, finished: bool = False) -> Path:
-        import torch
+        from .saving import save
 
-        from ..lora.kohya_file import extract_state_dict, save_lora_file, write_sidecar
-        from ..output_paths import file_in
-        from .metadata import build_metadata
-        from .state import save_state
-
-        cfg, m = self.config, self.model
-        if not self.accelerator.is_main_process:
-            return self.output_dir / f"{stem}.safetensors"
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.save_precision or "", torch.float32)
-        sd = extract_state_dict(m.unet, m.text_encoder if self.te_params else None, dtype=dtype)
-        md = build_metadata(cfg, self.plan, self.scan, m, output_name=cfg.output_name or self.output_name,
-                            started_at=getattr(self, "started_at", time.time()), step=step, epoch=epoch, finished=finished,
-                            optimizer=self.optimizer_desc)
-        path = save_lora_file(file_in(self.output_dir, stem, ".safetensors"), sd, md)
-        write_sidecar(path, activation_text=cfg.trigger_words,
-                      description=f"Instant LoRA, {step} steps on {self.scan.root.name} ({self.scan.num_train_images} images x repeats)")
-        self.saved.append(path)
-        self.emit(Saved(path=str(path), step=step, epoch=epoch, kind=kind))
-        if cfg.save_state or (finished and cfg.save_state_on_train_end):
-            scaler = getattr(self.accelerator, "scaler", None)
-            folder = save_state(file_in(self.output_dir, f"{stem}-state", ""), lora_sd=extract_state_dict(m.unet, m.text_encoder if self.te_params else None),
-                                optimizer=self.optimizer, scheduler=self.scheduler, scaler=scaler, step=step, epoch=epoch,
-                                match=self._state_match())
-            self.emit(Saved(path=str(folder), step=step, epoch=epoch, kind="state"))
-        return path
+        return save(self, stem, step, epoch, kind, finished)
 
 
-def train(config, *, explicit=frozenset(), model=None, sinks=(), control: TrainControl | None = None) -> TrainResult:
-    """Run a whole training. Raises InstantLoraError for anything the user can fix."""
+def train(request, *, explicit=frozenset(), model=None, sinks=(), control: TrainControl | None = None) -> TrainResult:
+    """Run a whole training from a PreparedRun (the one request path), or from a TrainConfig, which
+    goes through that path first. Raises InstantLoraError for anything the user can fix; a stop
+    request ends it as Cancelled (a TrainResult with cancelled=True)."""
+    from ..request import PreparedRun, RunRequest, prepare_run
+
+    if not isinstance(request, PreparedRun):
+        request = prepare_run(RunRequest(front="cli", values=_config_values(request), explicit=frozenset(explicit)))
+    return run_prepared(request, model=model, sinks=sinks, control=control)
+
+
+def _config_values(config) -> dict:
+    from ..config import TrainConfig
+
+    default = TrainConfig().to_dict()
+    return {k: v for k, v in config.to_dict().items() if v != default[k]}
+
+
+def run_prepared(prepared, *, model=None, sinks=(), control: TrainControl | None = None) -> TrainResult:
     from ..heavy_imports import import_sd_libraries
+    from ..output_paths import claim_output
 
-    import_sd_libraries()
-    run = Run(config, explicit=explicit, model=model, sinks=sinks, control=control)
+    run = Run(prepared, model=model, sinks=sinks, control=control)
     try:
-        run.prepare()
-        run.load_model()
-        run.build_caches()
-        run.build_optimizer()
-        return run.run()
+        with claim_output(run.output_dir, run.output_name):
+            run.prepare()
+            run.enter("loading")
+            import_sd_libraries()
+            run.load_model()
+            run.enter("caching")
+            run.build_caches()
+            run.build_optimizer()
+            return run.run()
+    except RunStopped as stop:
+        run.emit(Cancelled(path=None, steps=run.step, seconds=time.time() - run.t0, stage=stop.stage))
+        return TrainResult(path=None, saved=run.saved, steps=run.step, losses=[], cancelled=True, plan=run.plan)
+    except BaseException as e:
+        message = str(e) if isinstance(e, InstantLoraError) else f"{type(e).__name__}: {e}"
+        run.emit(Failed(message=message, stage=run.stage, steps=run.step))
+        raise
     finally:
         run.emit.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import uuid
+import os
+import time
+import zlib
 
 from .. import __version__
 
@@ -16,11 +18,21 @@ MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_netwo
 
 TRAINER_MARK = "instant-lora-"  # ss_sd_scripts_commit_hash prefix: how a file trained here is recognised
 
+
+def run_clock() -> float:
+    """Now, or $SOURCE_DATE_EPOCH (the reproducible-builds convention) when set: then two runs with
+    the same seed and data write bit-identical files, times in the header included."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if fixed.isdigit():
+        return float(fixed)
+    return time.time()
+
+
 def build_metadata(config, plan, scan, model, *, output_name: str, started_at: float, step: int, epoch: int,
                    finished: bool, optimizer: str = "") -> dict:
     w, h = plan.width, plan.height
     md = {
-        "ss_session_id": str(uuid.uuid4().int % 2**31),
+        "ss_session_id": str(zlib.crc32(f"{plan.seed}-{started_at}-{output_name}".encode()) % 2**31),
         "ss_training_started_at": started_at,
         "ss_output_name": output_name,
         "ss_training_comment": config.training_comment,
@@ -72,14 +84,12 @@ def build_metadata(config, plan, scan, model, *, output_name: str, started_at: f
         "modelspec.implementation": "diffusers",
         "modelspec.title": output_name,
         "modelspec.resolution": f"{w}x{h}",
-        "modelspec.date": datetime.datetime.now().replace(microsecond=0).isoformat(),
+        "modelspec.date": datetime.datetime.fromtimestamp(int(started_at)).isoformat(),
         "modelspec.prediction_type": "epsilon",
         "modelspec.encoder_layer": config.clip_skip or 1,
     }
     if finished:
-        import time
-
-        md["ss_training_finished_at"] = time.time()
+        md["ss_training_finished_at"] = run_clock()
     if config.trigger_words:
         md["modelspec.trigger_phrase"] = config.trigger_words
     if config.no_metadata:

@@ -1,5 +1,8 @@
-"""Numbers derived from the config and the dataset, computed once before a run (and shown live in
-the UI). The config itself is never changed; warnings about surprising defaults are collected here."""
+"""Every number derived from the config and the dataset, computed once before a run: steps, epochs,
+the learning-rate warm-up, the schedule of saves and samples, and where the files go. The UI's live
+plan renders it and the loop walks it, so what the form promises is what the run does. The config
+itself is never changed; warnings about surprising values are collected here.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,20 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class PlannedSave:
+    step: int  # after this optimizer step
+    epoch: int  # epochs completed (the final file: epochs started)
+    stem: str  # file name without .safetensors
+    kind: str  # "epoch" | "step" | "final"
+
+
+@dataclass(frozen=True)
 class TrainPlan:
     width: int
     height: int
     num_images: int  # distinct images
     num_train_images: int  # with repeats (one epoch)
-    batch_size: int
+    batch_size: int  # per micro-batch
     batches_per_epoch: int
     steps_per_epoch: int  # optimizer steps
     max_train_steps: int
@@ -28,14 +39,69 @@ class TrainPlan:
     device: str
     seed: int
     warnings: tuple = field(default_factory=tuple)
+    output_name: str = "last"
+    output_dir: str = "output"
+    logging_dir: str = "output/logs"
+    run_name: str = ""  # the log's file name without .jsonl
+    saves: tuple = ()  # PlannedSave, in step order; the last one is the final file
+    sample_steps: tuple = ()  # steps after which the sample prompts render (0 = before the first)
+    sample_prompts: tuple = ()  # SamplePrompt
+    accumulation: int = 1  # micro-batches per optimizer step
 
     @property
     def lora_scale(self) -> float:
         return self.alpha / self.rank
 
+    @property
+    def intermediate_saves(self) -> tuple:
+        return tuple(s for s in self.saves if s.kind != "final")
+
+    def saves_at(self, step: int) -> list:
+        return [s for s in self.saves if s.step == step and s.kind != "final"]
+
+    def samples_at(self, step: int) -> bool:
+        return step in self.sample_steps
+
+    def final_path(self):
+        from pathlib import Path
+
+        return Path(self.output_dir) / f"{self.output_name}.safetensors"
+
+
+def save_schedule(max_steps: int, steps_per_epoch: int, name: str, every_epochs: int | None,
+                  every_steps: int | None) -> tuple:
+    """The files a run writes, as the reference names them. A step save and an epoch save that
+    fall on the same step write one file (the epoch's); nothing is saved twice at the last step."""
+    by_step: dict[int, PlannedSave] = {}
+    if every_steps:
+        for s in range(every_steps, max_steps, every_steps):
+            by_step[s] = PlannedSave(s, s // steps_per_epoch, f"{name}-step{s:08d}", "step")
+    if every_epochs:
+        for e in range(every_epochs, -(-max_steps // steps_per_epoch), every_epochs):
+            s = e * steps_per_epoch
+            by_step[s] = PlannedSave(s, e, f"{name}-{e:06d}", "epoch")
+    saves = [by_step[s] for s in sorted(by_step)]
+    saves.append(PlannedSave(max_steps, -(-max_steps // steps_per_epoch), name, "final"))
+    return tuple(saves)
+
+
+def sample_schedule(max_steps: int, steps_per_epoch: int, every_steps: int | None, every_epochs: int | None,
+                    at_first: bool) -> tuple:
+    steps = set()
+    if at_first:
+        steps.add(0)
+    if every_steps:
+        steps.update(range(every_steps, max_steps, every_steps))
+    if every_epochs:
+        steps.update(e * steps_per_epoch for e in range(every_epochs, -(-max_steps // steps_per_epoch), every_epochs))
+    if every_steps or every_epochs:
+        steps.add(max_steps)  # the final LoRA's look
+    return tuple(sorted(steps))
+
 
 def make_plan(config, num_images: int, num_train_images: int, *, cuda: bool, explicit: frozenset | set = frozenset(),
-              seed: int | None = None) -> TrainPlan:
+              seed: int | None = None, reference_warnings: bool = True, output_dir: str | None = None,
+              logging_dir: str | None = None, run_name: str = "", sample_prompts: tuple = ()) -> TrainPlan:
     warnings = []
     w, h = config.resolution_wh()
     bs = config.train_batch_size
@@ -54,20 +120,25 @@ def make_plan(config, num_images: int, num_train_images: int, *, cuda: bool, exp
         warnings.append(f"--mixed_precision={precision} needs a CUDA GPU; none found, training in fp32 on the CPU (slow).")
         precision = "no"
     rank, alpha = config.rank, config.network_alpha
-    if "network_alpha" not in explicit and rank > 1:
-        warnings.append(
-            f"network_alpha is 1 (the reference trainer's default): with network_dim {rank} the LoRA's output is scaled by "
-            f"1/{rank} = {1 / rank:.3g}, so it learns slowly unless the learning rate is high. "
-            f"Set --network_alpha={rank} (or {max(1, rank // 2)}) for a full-strength LoRA.")
-    if "network_dim" not in explicit:
-        warnings.append("network_dim not set: using rank 4 (the reference default); 16-32 suits most subjects.")
-    if "learning_rate" not in explicit and config.unet_lr is None:
-        warnings.append("learning_rate not set: using 2e-6 (the reference default), which barely moves a LoRA; try --learning_rate=1e-4.")
+    if reference_warnings:  # the command line keeps the reference's defaults: say once what they mean
+        if "network_alpha" not in explicit and rank > 1:
+            warnings.append(
+                f"network_alpha is 1 (the reference trainer's default): with network_dim {rank} the LoRA's output is scaled by "
+                f"1/{rank} = {1 / rank:.3g}, so it learns slowly unless the learning rate is high. "
+                f"Set --network_alpha={rank} (or {max(1, rank // 2)}) for a full-strength LoRA.")
+        if "network_dim" not in explicit:
+            warnings.append("network_dim not set: using rank 4 (the reference default); 16-32 suits most subjects.")
+        if "learning_rate" not in explicit and config.unet_lr is None:
+            warnings.append("learning_rate not set: using 2e-6 (the reference default), which barely moves a LoRA; try --learning_rate=1e-4.")
     if config.full_fp16 or config.full_bf16:
         warnings.append("--full_fp16/--full_bf16 ignored: LoRA weights always train in fp32 (the frozen model still uses --mixed_precision).")
     if config.enable_bucket:
         warnings.append("--enable_bucket: aspect-ratio buckets are not supported yet; images are resized and center-cropped.")
+    if max_steps < warmup:
+        warnings.append(f"lr_warmup_steps {warmup} is more than the run's {max_steps} steps: the learning rate never reaches its value.")
     lr = config.learning_rate
+    name = config.output_name or "last"
+    out = output_dir or config.output_dir or "output"
     return TrainPlan(
         width=w, height=h, num_images=num_images, num_train_images=num_train_images, batch_size=bs,
         batches_per_epoch=batches, steps_per_epoch=steps_per_epoch, max_train_steps=max_steps, num_epochs=epochs,
@@ -75,5 +146,30 @@ def make_plan(config, num_images: int, num_train_images: int, *, cuda: bool, exp
         unet_lr=config.unet_lr if config.unet_lr is not None else lr,
         text_encoder_lr=config.text_encoder_lr if config.text_encoder_lr is not None else lr,
         precision=precision, device="cuda" if cuda else "cpu", seed=seed if seed is not None else 0,
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), output_name=name, output_dir=str(out),
+        logging_dir=str(logging_dir or config.logging_dir or f"{out}/logs"), run_name=run_name,
+        saves=save_schedule(max_steps, steps_per_epoch, name, config.save_every_n_epochs, config.save_every_n_steps),
+        sample_steps=sample_schedule(max_steps, steps_per_epoch, config.sample_every_n_steps, config.sample_every_n_epochs,
+                                     config.sample_at_first) if sample_prompts else (),
+        sample_prompts=tuple(sample_prompts), accumulation=config.gradient_accumulation_steps,
     )
+
+
+def describe(plan: TrainPlan) -> list[str]:
+    """The plan in a few lines, as the log and the UI show it."""
+    acc = plan.accumulation
+    lines = [f"{plan.num_images} images x repeats = {plan.num_train_images} per epoch / batch {plan.batch_size}"
+             + (f" x accumulation {acc}" if acc > 1 else "")
+             + f" = {plan.steps_per_epoch} steps per epoch; {plan.max_train_steps} steps = {plan.num_epochs} epoch(s)"]
+    inter = plan.intermediate_saves
+    if inter:
+        kinds = sorted({s.kind for s in inter})
+        lines.append(f"saves: the final file + {len(inter)} intermediate ({' and '.join(kinds)} saves, at steps "
+                     f"{', '.join(str(s.step) for s in inter[:6])}{', ...' if len(inter) > 6 else ''}), each a row in the test grid")
+    else:
+        lines.append("saves: the final file only")
+    if plan.sample_steps:
+        lines.append(f"samples: {len(plan.sample_prompts)} prompt(s) at {len(plan.sample_steps)} point(s) of the run")
+    lines.append(f"rank {plan.rank}, alpha {plan.alpha:g} (scale {plan.lora_scale:.3g}); seed {plan.seed}; "
+                 f"{plan.device} {'fp32' if plan.precision == 'no' else plan.precision}")
+    return lines

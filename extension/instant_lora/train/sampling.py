@@ -45,11 +45,20 @@ def parse_prompt_line(line: str) -> SamplePrompt | None:
     return SamplePrompt(**values)
 
 
+def parse_prompt_text(text: str) -> list[SamplePrompt]:
+    """Prompts given as text (the app, REST): one per line, the file's syntax; never a path."""
+    return [p for p in (parse_prompt_line(x) for x in str(text or "").splitlines()) if p]
+
+
 def read_prompt_file(path: str | Path) -> list[SamplePrompt]:
     path = Path(path)
     if not path.is_file():
         raise InstantLoraError(f"--sample_prompts {path} does not exist", hint="a .txt file with one prompt per line")
-    prompts = [p for p in (parse_prompt_line(x) for x in path.read_text(encoding="utf-8-sig").splitlines()) if p]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InstantLoraError(f"--sample_prompts {path} cannot be read as UTF-8 text ({e})", path=path) from e
+    prompts = parse_prompt_text(text)
     if not prompts:
         raise InstantLoraError(f"--sample_prompts {path} has no prompts", hint="one prompt per line; # starts a comment")
     return prompts

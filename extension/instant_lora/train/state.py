@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import InstantLoraError
+from ..output_paths import write_error, write_synced
 
 STATE_FILE = "state.pth"
 INFO_FILE = "train_state.json"
@@ -43,22 +44,42 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_state(folder: Path, *, lora_sd: dict, optimizer, scheduler, scaler, step: int, epoch: int, match: dict) -> Path:
-    """Written into a temp folder and renamed, so a crash mid-save leaves the previous state intact."""
+    """Written whole into `<folder>.tmp` (state.pth, then train_state.json, each fsynced), then
+    `<folder>` -> `<folder>.old`, `<folder>.tmp` -> `<folder>`, `<folder>.old` removed: a crash at
+    any point leaves a whole state under one of the three names (output_paths.clean_leftovers puts
+    it back). A full disk, denied or read-only folder raise InstantLoraError; earlier states stay."""
+    import io
+
     import torch
 
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    old = folder.with_name(folder.name + ".old")
+    buf = io.BytesIO()
     torch.save({"lora": lora_sd, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": _rng_state(),
-                "step": step, "epoch": epoch}, tmp / STATE_FILE)
-    (tmp / INFO_FILE).write_text(json.dumps({"current_epoch": epoch, "current_step": step, **match}, indent=2), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-    tmp.rename(folder)
+                "step": step, "epoch": epoch}, buf)
+    info = json.dumps({"current_epoch": epoch, "current_step": step, **match}, indent=2).encode("utf-8")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_synced(tmp / STATE_FILE, buf.getbuffer())
+        write_synced(tmp / INFO_FILE, info)
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if old.exists() and not folder.exists():
+                old.rename(folder)
+            raise
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = write_error(e, folder, "saving the training state")
+        if error is not None:
+            raise error from e
+        raise
     shutil.rmtree(old, ignore_errors=True)
     return folder
 

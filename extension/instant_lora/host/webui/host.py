@@ -25,7 +25,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ...errors import InstantLoraError
+from ...train.events import RunStopped
+from .. import gpu
 from ..standalone import Host
 from .progress import WebUIProgressSink
 from .settings import OPT_KEEP_ON_GPU, OPT_PRESET, OPT_SAMPLE_EVERY, OPT_SAMPLE_PROMPTS, opt as _opt
@@ -137,15 +138,19 @@ class WebUIHost(Host):
                 info = None
         return info
 
+    def knows_checkpoint(self, label: str) -> bool:
+        return bool(label) and self._match(label) is not None
+
     def checkpoint_path(self, label: str) -> str:
         info = self._match(label) if label else None
         return info.filename if info is not None else super().checkpoint_path(label)
 
     # ---- around a training -------------------------------------------------------------------
-    def before_training(self) -> None:
+    def before_training(self, control=None) -> None:
         """Runs in the worker before the trainer loads anything. Waits for a running generation,
         then holds the queue lock, begins the job in shared.state and frees the GPU."""
         self._reset_handoff()
+        self._control = control
         self._acquire_queue_lock()
         self._active = True
         state = self.shared.state
@@ -222,23 +227,31 @@ class WebUIHost(Host):
             print("[Instant LoRA] waiting for the WebUI's current generation to finish...", file=sys.stderr)
             while not try_acquire():
                 if self._cancel_requested():
-                    raise InstantLoraError("Cancelled while waiting for the WebUI's current generation to finish.")
+                    raise RunStopped("waiting")
                 time.sleep(LOCK_POLL_S)
         self._lock = lock
 
     def _cancel_requested(self) -> bool:
-        return bool(getattr(self.job, "cancel_requested", False))
+        control = getattr(self, "_control", None)
+        return bool(control.stop_requested) if control is not None else bool(getattr(self.job, "cancel_requested", False))
+
+    def stop_sources(self) -> list:
+        """The Interrupt button (and /sdapi/v1/interrupt) stops the run through its control."""
+        # Only once this run has begun in shared.state: an Interrupt meant for a generation the
+        # run is still waiting behind must not cancel it (state.begin() clears the flag).
+        return [lambda: self._state_begun and bool(getattr(self.shared.state, "interrupted", False))]
 
     def progress_sinks(self) -> list:
         return [WebUIProgressSink(self.shared.state, self.job)]
 
     @contextmanager
     def exclusive(self, job: str):
-        """Wait for a running generation, then hold the WebUI's queue (txt2img waits) with the job
-        shown in shared.state: for captioning and test images, which share the GPU with it."""
+        """Hold the GPU (one owner per process), then wait for a running generation and hold the
+        WebUI's queue (txt2img waits) with the job shown in shared.state: for captioning and test
+        images, which share the GPU with it."""
         from modules import call_queue
 
-        with call_queue.queue_lock:
+        with gpu.hold(job), call_queue.queue_lock:
             self.shared.state.begin(job=job)
             try:
                 yield
@@ -278,6 +291,11 @@ class WebUIHost(Host):
             send.click(fn=None, inputs=[cell_infotext], outputs=None, **js_kwargs(gr, "instantLoraSendInfotextToTxt2img"))
 
     # ---- settings the tab and the REST routes use ------------------------------------------
+    def request_defaults(self) -> dict:
+        """The Settings' sample prompts, under what a request or its preset sets."""
+        text, every = self.sample_defaults()
+        return {"sample_prompt_text": text, "sample_every_n_steps": every} if text.strip() and every > 0 else {}
+
     def sample_defaults(self) -> tuple[str, int]:
         """(sample prompts, every N steps) from the settings; ("", 0) = no samples."""
         try:

@@ -6,39 +6,38 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ...train.events import Cancelled, Failed, Finished, Sample, Saved, Status, Step, Warn
+
 
 class WebUIProgressSink:
-    """Mirrors the run into shared.state (the WebUI's progress API and console) and turns the
-    Interrupt button into a cancel. Also makes the last sample the Lora card's preview."""
+    """Mirrors the run into shared.state (the WebUI's progress API and console) and makes the
+    last sample the Lora card's preview. It only shows: the Interrupt button reaches the run
+    through the run's control (WebUIHost.stop_sources), not through here."""
 
-    def __init__(self, state, job):
+    def __init__(self, state, job=None):
         self.state = state
-        self.job = job
         self.last_sample: str | None = None
-        self.interrupt_seen = False
 
     def __call__(self, event) -> None:
-        st, kind = self.state, type(event).__name__
-        if kind == "Step":
+        st = self.state
+        if isinstance(event, Step):
             st.job_count, st.job_no = 1, 0
             st.sampling_steps, st.sampling_step = event.total, event.step
-            st.textinfo = f"Instant LoRA: step {event.step}/{event.total}, loss {event.loss:.4f}"
-        elif kind in ("Status", "Warn"):
+            loss = f"{event.loss:.4f}" if event.loss == event.loss else "NaN"
+            st.textinfo = f"Instant LoRA: step {event.step}/{event.total}, loss {loss}"
+        elif isinstance(event, (Status, Warn)):
             st.textinfo = f"Instant LoRA: {event.message}"[:300]
-        elif kind == "Saved":
+        elif isinstance(event, Saved):
             st.textinfo = f"Instant LoRA: saved {Path(event.path).name}"
-        elif kind == "Sample":
+        elif isinstance(event, Sample):
             self.last_sample = event.path
             self._show_image(event.path)
-        elif kind == "Finished" and event.path:
+        elif isinstance(event, Finished) and event.path:
             self.write_preview(Path(event.path))
-        self.poll_interrupt()
-
-    def poll_interrupt(self) -> None:
-        if getattr(self.state, "interrupted", False) and not self.interrupt_seen:
-            self.interrupt_seen = True
-            if self.job.cancel():
-                self.state.textinfo = "Instant LoRA: interrupted, saving after this step"
+        elif isinstance(event, Cancelled):
+            st.textinfo = "Instant LoRA: cancelled" + (f", saved {Path(event.path).name}" if event.path else ", nothing saved")
+        elif isinstance(event, Failed):
+            st.textinfo = f"Instant LoRA: failed: {event.message}"[:300]
 
     def _show_image(self, path: str) -> None:
         assign = getattr(self.state, "assign_current_image", None)

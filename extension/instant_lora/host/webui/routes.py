@@ -19,8 +19,8 @@ route functions' annotations at runtime.)
 """
 
 import json
+import math
 import secrets
-from pathlib import Path
 
 from ...errors import InstantLoraError
 
@@ -39,89 +39,58 @@ def _error(e: InstantLoraError) -> str:
     return e.message + (f" ({e.hint})" if e.hint else "")
 
 
-def build_config(host, payload: dict):
-    """(TrainConfig, explicit keys) for a request body; ApiError(4xx) when it cannot run."""
-    from ...config import TrainConfig, is_safe_name
-    from ...presets import list_presets, load_preset
-    from ...ui.actions import output_name_problem
+REQUEST_KEYS = ("checkpoint", "preset", "overwrite")
+
+
+def prepare(host, payload):
+    """A request body through the one request path -> PreparedRun; ApiError(4xx) when it cannot run."""
+    from ...request import RequestError, RunRequest, prepare_run
 
     if not isinstance(payload, dict):
         raise ApiError(400, "the body must be a JSON object of training settings")
-    payload = dict(payload)
-    checkpoint = payload.pop("checkpoint", None)
-    preset = payload.pop("preset", None)
-    overwrite = bool(payload.pop("overwrite", False))
-    fixed = [k for k in HOST_SET_KEYS if k in payload]
-    if fixed:
-        raise ApiError(400, f"{', '.join(fixed)} cannot be set here: LoRAs go to the WebUI's Lora folder {host.lora_dir}")
-    values: dict = {}
-    if preset:
-        presets = list_presets(host.data_dir / "presets")
-        if preset not in presets:
-            raise ApiError(400, f"unknown preset '{preset}'; presets: {', '.join(presets)}")
-        try:
-            values.update(load_preset(presets[preset])[0])
-        except InstantLoraError as e:
-            raise ApiError(400, _error(e)) from e
-    values.update(payload)
+    values = dict(payload)
+    overwrite = values.pop("overwrite", False)
+    if not isinstance(overwrite, bool):
+        raise ApiError(422, "overwrite must be true or false (a JSON boolean)")
+    checkpoint, preset = values.pop("checkpoint", None), values.pop("preset", None)
     if not values.get("output_name"):
-        raise ApiError(400, "output_name is required: the LoRA's file name, e.g. my_style")
-    if not is_safe_name(str(values["output_name"])):
-        raise ApiError(422, f"output_name '{values['output_name']}' must be a plain file name (no folders, no ..), e.g. my_style")
-    if not values.get("train_data_dir"):
-        raise ApiError(400, "train_data_dir is required: a folder on the WebUI's machine with the training images")
-    if not Path(str(values["train_data_dir"])).expanduser().is_dir():
-        raise ApiError(400, f"train_data_dir {values['train_data_dir']} is not a folder on the WebUI's machine")
-    if not values.get("pretrained_model_name_or_path"):
-        label = checkpoint or host.default_checkpoint()
-        if not label:
-            raise ApiError(400, "no checkpoint: pass \"checkpoint\" (a title from GET /instant-lora/v1/checkpoints)")
-        values["pretrained_model_name_or_path"] = host.checkpoint_path(label)
-    values.update(output_dir=str(host.lora_dir), logging_dir=str(host.data_dir / "logs"))
+        raise ApiError(422, "output_name is required: the LoRA's file name, e.g. my_style")
     try:
-        config = TrainConfig.from_dict(values, source="request")
-        config.check()
-    except InstantLoraError as e:
+        return prepare_run(RunRequest(front="api", values=values, preset=preset, checkpoint=checkpoint, overwrite=overwrite),
+                           host)
+    except RequestError as e:
+        message = _error(e) + (' (or pass "overwrite": true)' if e.status == 409 else "")
+        raise ApiError(e.status, message) from e
+    except InstantLoraError as e:  # the dataset (empty, unreadable) or the output folder
         raise ApiError(422, _error(e)) from e
-    problem = output_name_problem(config.output_name, host.lora_dir, overwrite)
-    if problem:
-        exists = "already exists" in problem
-        raise ApiError(409 if exists else 400, problem + (' (or pass "overwrite": true)' if exists else ""))
-    # The Settings' sample prompts, unless the request or its preset set its own; written only now
-    # that the request is valid, with the Train section's own writer.
-    prompts, every = host.sample_defaults() if hasattr(host, "sample_defaults") else ("", 0)
-    if not any(k.startswith("sample_") for k in values):
-        from ...ui.actions import sample_prompt_file
-
-        path, every = sample_prompt_file(prompts, every, host.data_dir, config.output_name)
-        if path:
-            config.sample_prompts, config.sample_every_n_steps = path, every
-            values.update(sample_prompts=path, sample_every_n_steps=every)
-    return config, set(values)
 
 
-def start_training(host, job, payload: dict) -> dict:
+def start_training(host, job, payload) -> dict:
     snap = job.snapshot()
     if snap.running:
         raise ApiError(409, f"a training is already running: '{snap.name}' at step {snap.step}/{snap.total}")
-    config, explicit = build_config(host, payload)
+    prepared = prepare(host, payload)
     try:
-        job.start(config, explicit=explicit, before=host.before_training, after=host.after_training,
-                  extra_sinks=host.progress_sinks())
+        job.start(prepared, host=host)
     except InstantLoraError as e:
         raise ApiError(409, _error(e)) from e
-    return {"started": config.output_name, "output": str(Path(host.lora_dir) / f"{config.output_name}.safetensors")}
+    plan = prepared.plan
+    return {"started": prepared.name, "output": str(plan.final_path()), "steps": plan.max_train_steps,
+            "epochs": plan.num_epochs, "saves": [s.stem for s in plan.saves], "seed": plan.seed}
 
 
 def progress(job) -> dict:
-    from ...ui.actions import result_markdown
+    """The job's state for scripts: never fails (a NaN loss is null), the failure's message included."""
+    from ...jobs import finite_or_none
+    from ...sample.tags import result_prompt
 
     snap = job.snapshot()
-    _, prompt = result_markdown(snap, trigger_words=snap.trigger_words)
-    return {"state": snap.state, "name": snap.name, "step": snap.step, "total": snap.total, "epoch": snap.epoch,
-            "loss": snap.loss, "avg_loss": snap.avg_loss, "lr": snap.lr, "seconds": round(snap.seconds, 2),
-            "it_per_s": round(snap.it_per_s, 4), "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1),
-            "saved": snap.saved, "result_path": snap.result_path, "prompt": prompt or None, "error": snap.error,
+    prompt = result_prompt(snap.result_path, snap.trigger_words) if snap.result_path else None
+    return {"state": snap.state, "stage": snap.stage, "name": snap.name, "step": snap.step, "total": snap.total,
+            "epoch": snap.epoch, "loss": finite_or_none(snap.loss), "avg_loss": finite_or_none(snap.avg_loss),
+            "lr": finite_or_none(snap.lr), "seconds": round(snap.seconds, 2), "it_per_s": round(snap.it_per_s, 4),
+            "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1), "saved": snap.saved,
+            "result_path": snap.result_path, "prompt": prompt, "error": snap.error,
             "samples": [{"caption": c, "path": p} for c, p in snap.samples], "log": snap.log[-20:]}
 
 
@@ -171,7 +140,7 @@ def make_grid(host, job, payload: dict) -> dict:
     import difflib
 
     from ...sample.infotext import png_bytes
-    from ...sample.settings import GenerationSettings
+    from ...sample.settings import MAX_SIDE, GenerationSettings
     from ...ui import testing
 
     if not isinstance(payload, dict):
@@ -181,28 +150,48 @@ def make_grid(host, job, payload: dict) -> dict:
         close = difflib.get_close_matches(unknown[0], GRID_KEYS, n=1)
         raise ApiError(422, f"unknown key '{unknown[0]}'" + (f" (did you mean '{close[0]}'?)" if close else "")
                        + f"; keys: {', '.join(GRID_KEYS)}")
-    run = str(payload.get("run") or "").strip()
+    def number(key, default, kind, low, high):
+        value = payload.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ApiError(422, f"{key} must be a number (got {value!r:.40})")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ApiError(422, f"{key} must be a whole number (got {value})")
+        if not low <= value <= high:
+            raise ApiError(422, f"{key} = {value:.6g} is out of range: allowed {low} to {high}")
+        return kind(value)
+
+    def text(key, default=""):
+        value = payload.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, str) or len(value) > 4096:
+            raise ApiError(422, f"{key} must be text (at most 4096 characters)")
+        return value
+
+    run = text("run").strip()
     if not run:
-        raise ApiError(400, "run is required: the output name of a training, e.g. \"my_style\"")
+        raise ApiError(422, "run is required: the output name of a training, e.g. \"my_style\"")
     weights = payload.get("weights", "0, 0.4, 0.7, 1")
+    if not isinstance(weights, (str, list)) or (isinstance(weights, list) and len(weights) > 32):
+        raise ApiError(422, "weights must be a list of numbers or a text like \"0, 0.5, 1\" (at most 32)")
     defaults = GenerationSettings()
+    seed = number("seed", -1, int, -1, 2**32 - 1)
     try:
         settings = GenerationSettings(
-            negative_prompt=str(payload.get("negative_prompt", "") or ""), steps=int(payload.get("steps", defaults.steps)),
-            cfg_scale=float(payload.get("cfg_scale", defaults.cfg_scale)), sampler=str(payload.get("sampler", defaults.sampler)),
-            width=int(payload.get("width", defaults.width)), height=int(payload.get("height", defaults.height))).checked()
-        int(payload.get("seed", -1))
-    except (TypeError, ValueError) as e:
-        raise ApiError(422, f"steps, cfg_scale, width, height and seed must be numbers ({e})") from e
+            negative_prompt=text("negative_prompt"), steps=number("steps", defaults.steps, int, 1, 1000),
+            cfg_scale=number("cfg_scale", defaults.cfg_scale, float, 0, 100), sampler=text("sampler", defaults.sampler),
+            width=number("width", defaults.width, int, 8, MAX_SIDE), height=number("height", defaults.height, int, 8, MAX_SIDE)).checked()
+        parsed_weights = testing.parse_weights(weights)
     except InstantLoraError as e:
         raise ApiError(422, _error(e)) from e
+    checkpoint = text("checkpoint") or host.default_checkpoint()
+    if checkpoint and not host.knows_checkpoint(checkpoint):
+        raise ApiError(422, f"checkpoint '{checkpoint:.120}' is not a checkpoint of this server (GET {PREFIX}/checkpoints lists them)")
     snap = job.snapshot()
     if snap.running:
         raise ApiError(409, f"a training is running ('{snap.name}' at step {snap.step}/{snap.total}): ask again when it has finished")
     try:
-        seed = int(payload.get("seed", -1))
-        grid = testing.generate_grid(job, host, payload.get("checkpoint") or host.default_checkpoint(), run,
-                                     str(payload.get("prompt", "") or ""), testing.parse_weights(weights), seed, settings)
+        grid = testing.generate_grid(job, host, checkpoint, run, text("prompt"), parsed_weights, seed, settings)
     except InstantLoraError as e:
         raise ApiError(422, _error(e)) from e
     cells = [[{"weight": w, "prompt": grid.prompts[r][c], "infotext": grid.cell_infotext(r, c)} for c, w in enumerate(grid.weights)]

@@ -1,0 +1,304 @@
+"""One door for every run: what a user asked for -> a validated TrainConfig and its plan.
+
+The command line, the app's Start button and REST's /train all call `prepare_run`. It layers the
+values in one fixed order and no other:
+
+    the front end's defaults -> the host's defaults (the WebUI's Settings) -> the preset
+    -> the user's values -> what the host owns (the Lora folder, the log folder, the checkpoint)
+
+validates them once (types, ranges, names, folders) before torch or diffusers are imported, scans
+the dataset, and computes the plan. Nothing changes the config afterwards; the loop walks the plan.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import TrainConfig
+from .config_values import coerce_values
+from .errors import InstantLoraError
+
+FRONTS = ("cli", "app", "api", "config")
+# The app and REST train with the same settings when the user leaves a field alone. Where the
+# reference's defaults are a trap for a first run (rank 4, alpha 1, lr 2e-6), these learn.
+APP_DEFAULTS = {
+    "network_dim": 16, "network_alpha": 8.0, "learning_rate": 1e-4, "max_train_epochs": 10, "cache_latents": True,
+    "mixed_precision": "fp16", "save_every_n_epochs": 2,
+}
+FRONT_DEFAULTS = {"cli": {}, "config": {}, "app": APP_DEFAULTS, "api": APP_DEFAULTS}
+HOST_OWNED = ("output_dir", "logging_dir", "lora_dir", "webui_dir")
+# A request from the app or REST names no file the server would read: the base model is a
+# checkpoint of the host's list, sample prompts are text, a start LoRA or a state is a name in the
+# Lora folder.
+NOT_FROM_REQUESTS = {
+    "pretrained_model_name_or_path": 'pass "checkpoint": a title from the checkpoint list',
+    "model_config_dir": "the host's bundled configs are used",
+    "sample_prompts": "send the prompts themselves as text",
+}
+CLIP_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class RequestError(InstantLoraError):
+    """Everything wrong with a request at once: (field, message) pairs and an HTTP status."""
+
+    def __init__(self, problems: list[tuple[str, str]], status: int = 422, hint: str | None = None):
+        self.problems = list(problems)
+        self.status = status
+        lines = "; ".join(f"{k} {m}" if k else m for k, m in self.problems)
+        super().__init__(lines, hint=hint)
+
+    @property
+    def fields(self) -> list[str]:
+        return [k for k, _ in self.problems]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    front: str  # "cli" | "app" | "api" | "config"
+    values: dict = field(default_factory=dict)  # the user's values, as they came
+    preset: str | None = None
+    checkpoint: str | None = None  # a label of the host's checkpoint list
+    overwrite: bool = False  # replace an existing LoRA of that name (app and REST)
+    explicit: frozenset = frozenset()  # command line: the flags the user gave (for the reference's warnings)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    config: TrainConfig
+    plan: object  # train.plan.TrainPlan
+    scan: object  # dataset.DatasetScan
+    front: str = "config"
+
+    @property
+    def name(self) -> str:
+        return self.plan.output_name
+
+
+def _layer(request: RunRequest, host) -> tuple[dict, list]:
+    """The merged values and the problems found while merging."""
+    from .presets import list_presets, load_preset
+
+    problems: list[tuple[str, str]] = []
+    if request.front not in FRONTS:
+        raise ValueError(f"unknown front end {request.front!r}")
+    merged = dict(FRONT_DEFAULTS[request.front])
+    if host is not None and request.front in ("app", "api"):
+        merged.update(host.request_defaults())
+    if request.preset not in (None, ""):
+        if not isinstance(request.preset, str):
+            problems.append(("preset", "must be the name of a preset (text)"))
+        else:
+            presets = list_presets(host.data_dir / "presets" if host is not None else None)
+            if request.preset not in presets:
+                problems.append(("preset", f"'{request.preset:.80}' is unknown; presets: {', '.join(presets)}"))
+            else:
+                try:
+                    merged.update(load_preset(presets[request.preset])[0])
+                except InstantLoraError as e:
+                    problems.append(("preset", e.message))
+    user = dict(request.values)
+    if request.front in ("app", "api"):
+        for key in HOST_OWNED:
+            if key in user:
+                where = host.lora_dir if host is not None else "the host's Lora folder"
+                problems.append((key, f"cannot be set here: LoRAs go to {where}"))
+                user.pop(key)
+        if "sample_prompts" in user and "sample_prompt_text" not in user:
+            user["sample_prompt_text"] = user.pop("sample_prompts")  # REST's sample_prompts is prompt text
+        for key, why in NOT_FROM_REQUESTS.items():
+            if user.get(key) not in (None, ""):
+                problems.append((key, f"cannot be set in a request: {why}"))
+            user.pop(key, None)
+    if any(k.startswith("sample_") for k in user):  # the user's own sampling replaces the host's default
+        for k in [k for k in merged if k.startswith("sample_") and k not in user]:
+            merged.pop(k)
+    coerced, type_problems = coerce_values(user)
+    problems += type_problems
+    merged.update(coerced)
+    return merged, problems
+
+
+def _host_owned(request: RunRequest, host, values: dict, problems: list) -> None:
+    """The values only the host sets: folders and the checkpoint behind a label."""
+    if host is None or request.front not in ("app", "api"):
+        return
+    values["output_dir"] = str(host.lora_dir)
+    values["logging_dir"] = str(Path(host.data_dir) / "logs")
+    label = request.checkpoint
+    if label is not None and not isinstance(label, str):
+        problems.append(("checkpoint", "must be a checkpoint title (text)"))
+        return
+    label = label or host.default_checkpoint()
+    if not label:
+        problems.append(("checkpoint", f"no base model: put an SD1.x checkpoint into {host.models_dir}, or pass one"))
+    elif request.front == "api" and not host.knows_checkpoint(label):
+        problems.append(("checkpoint", f"'{label:.120}' is not a checkpoint of this server (GET /instant-lora/v1/checkpoints lists them)"))
+    else:
+        values["pretrained_model_name_or_path"] = host.checkpoint_path(label)
+    for key, suffix in (("network_weights", ".safetensors"), ("resume", "")):
+        name = values.get(key)
+        if name:  # a name in the Lora folder, never a path the server would read
+            from .config import name_problem
+
+            stem = name[: -len(suffix)] if suffix and name.endswith(suffix) else name
+            problem = name_problem(stem)
+            if problem:
+                problems.append((key, f"must be the name of a {'LoRA' if suffix else 'state folder'} in the Lora folder: '{name:.80}' {problem}"))
+            else:
+                values[key] = str(Path(host.lora_dir) / f"{stem}{suffix}")
+    clip = values.get("caption_clip_model")
+    if clip and not CLIP_MODEL_NAME.match(clip):
+        problems.append(("caption_clip_model", "must be an open_clip model name such as ViT-L-14 (no paths)"))
+
+
+def _check_names(config: TrainConfig, request: RunRequest, problems: list) -> None:
+    from .config import name_problem
+
+    if request.front in ("app", "api") and not config.output_name:
+        problems.append(("output_name", "is required: the LoRA's file name, e.g. my_style"))
+    for key in ("log_prefix",):  # output_name: TrainConfig.validate
+        value = getattr(config, key)
+        if value:
+            problem = name_problem(value)
+            if problem:
+                problems.append((key, f"'{value:.80}' {problem}"))
+
+
+def _check_folders(config: TrainConfig, problems: list) -> None:
+    """The dataset folder exists and is readable; named, and nothing else about the server said."""
+    import os
+
+    data = config.train_data_dir
+    if not data:
+        return
+    path = Path(data).expanduser()
+    if not path.is_dir():
+        problems.append(("train_data_dir", f"{data} is not a folder on this machine"
+                         + (" (it is a file: pass the folder that holds it)" if path.is_file() else "")))
+    elif not os.access(path, os.R_OK | os.X_OK):
+        problems.append(("train_data_dir", f"{data} cannot be read (permission denied)"))
+
+
+def _sample_prompts(config: TrainConfig, problems: list) -> tuple:
+    from .train.sampling import parse_prompt_text, read_prompt_file, sampler_name
+
+    prompts: list = []
+    try:
+        if config.sample_prompt_text:
+            prompts = parse_prompt_text(config.sample_prompt_text)
+        elif config.sample_prompts:
+            prompts = read_prompt_file(config.sample_prompts)
+        if prompts:
+            sampler_name(config.sample_sampler)
+    except InstantLoraError as e:
+        problems.append(("sample_prompts", e.message))
+    wants = config.sample_every_n_steps or config.sample_every_n_epochs or config.sample_at_first
+    if prompts and not wants and config.sample_prompt_text:
+        pass  # prompts without a schedule: nothing renders (the UI's "every N steps" is 0)
+    elif wants and not prompts and not (config.sample_prompts or config.sample_prompt_text):
+        problems.append(("sample_prompts", "are needed to render samples (one prompt per line)"))
+    return tuple(prompts)
+
+
+def output_conflict(folder: Path, name: str) -> str | None:
+    if (Path(folder) / f"{name}.safetensors").exists():
+        return f"{name}.safetensors already exists in {folder}: pick another name or allow replacing it"
+    return None
+
+
+def detect_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def validate_request(request: RunRequest, host=None) -> TrainConfig:
+    """The config for a request, or RequestError listing every problem. No torch, no dataset scan."""
+    values, problems = _layer(request, host)
+    _host_owned(request, host, values, problems)
+    try:
+        config = TrainConfig(**values)
+    except TypeError as e:  # cannot happen for coerced values; a bug if it does
+        raise RequestError([("", str(e))]) from e
+    problems += [(k, m) for k, m in config.validate() if k not in {p for p, _ in problems}]
+    _check_names(config, request, problems)
+    _check_folders(config, problems)
+    if problems:
+        raise RequestError(_dedupe(problems))
+    return config
+
+
+def _dedupe(problems):
+    seen, out = set(), []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, scan=None, check_output: bool = True) -> PreparedRun:
+    """The one path from a request to a run: validated config + dataset scan + plan."""
+    from .dataset import scan_dataset
+    from .output_paths import resolve_output_dir
+    from .train.plan import make_plan
+
+    config = validate_request(request, host)
+    problems: list = []
+    prompts = _sample_prompts(config, problems)
+    if problems:
+        raise RequestError(problems)
+    if request.front in ("app", "api") and not request.overwrite and config.output_name:
+        conflict = output_conflict(Path(config.output_dir), config.output_name)
+        if conflict:
+            raise RequestError([("output_name", conflict)], status=409)
+    if scan is None:
+        scan = scan_dataset(config.train_data_dir, config.caption_extension)
+    output_dir, _why = resolve_output_dir(config.output_dir, config.lora_dir, config.webui_dir)
+    if check_output:
+        from .output_paths import check_writable
+
+        check_writable(output_dir)
+    seed = config.seed if config.seed is not None else random.randint(0, 2**31 - 1)
+    name = config.output_name or "last"
+    run_name = f"{config.log_prefix or ''}{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    plan = make_plan(config, len(scan.items), scan.num_train_images, cuda=detect_cuda() if cuda is None else cuda,
+                     explicit=request.explicit, seed=seed, reference_warnings=request.front == "cli",
+                     output_dir=str(output_dir), logging_dir=config.logging_dir or str(Path(output_dir) / "logs"),
+                     run_name=run_name, sample_prompts=prompts)
+    return PreparedRun(config=config, plan=plan, scan=scan, front=request.front)
+
+
+def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[tuple[str, str]]]:
+    """(plan, problems) for the UI's live plan: the same layering and checks, without the parts a
+    form being filled in cannot pass yet (no dataset, no checkpoint), no seed drawn, no file read."""
+    from .train.plan import make_plan
+
+    values, problems = _layer(request, host)
+    _host_owned(request, host, values, problems)
+    values.pop("sample_prompts", None)
+    try:
+        config = TrainConfig(**values)
+    except TypeError as e:
+        return None, [("", str(e))]
+    problems += config.validate()
+    _check_names(config, request, problems)
+    pending = {"train_data_dir", "pretrained_model_name_or_path", "checkpoint", "sample_prompts"}
+    problems = [p for p in _dedupe(problems) if p[0] not in pending]
+    if scan is None or any(k in ("resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
+                                 "max_train_epochs") for k, _ in problems):
+        return None, problems
+    from .train.sampling import parse_prompt_text
+
+    try:
+        prompts = tuple(parse_prompt_text(config.sample_prompt_text or ""))
+    except InstantLoraError as e:
+        problems.append(("sample_prompts", e.message))
+        prompts = ()
+    plan = make_plan(config, len(scan.items), scan.num_train_images, cuda=detect_cuda(), seed=config.seed,
+                     reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts)
+    return plan, problems

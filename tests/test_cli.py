@@ -106,3 +106,12 @@ def test_selftest_passes():
 def test_help_lists_the_commands():
     r = run_app("--help")
     assert r.returncode == 0 and "train" in r.stdout and "selftest" in r.stdout
+
+
+def test_listen_without_auth_warns():
+    from instant_lora.app import exposure_warning, parse_app_args
+
+    assert "--listen without --auth" in exposure_warning(parse_app_args(["--listen"]))
+    assert "--share without --auth" in exposure_warning(parse_app_args(["--share"]))
+    assert exposure_warning(parse_app_args(["--listen", "--auth", "me:pw"])) is None
+    assert exposure_warning(parse_app_args([])) is None  # 127.0.0.1 only

@@ -200,12 +200,89 @@ def test_rest_grid_route(w, host):
     body = r.json()
     assert body["rows"] == ["epoch 1", "final"] and body["weights"] == [0.0, 1.0] and body["seed"] == 3
     assert body["cells"][1][1]["prompt"] == f"shpz <lora:{RUN}:1>" and "Version: v1.10.1" in body["cells"][1][1]["infotext"]
+    assert body["cells"][1][1]["infotext"].startswith(f"shpz <lora:{RUN}:1>\n")
     image = Image.open(io.BytesIO(base64.b64decode(body["image"])))
     assert image.size == Image.open(body["path"]).size and "Grid LoRAs" in image.info["parameters"]
     assert {c[3] for c in _processed(w.calls)} == {"DDIM"}
-    for payload, status, text in [({"prompt": "x"}, 400, "run is required"), ({"run": "nope"}, 422, "no saved files"),
+    for payload, status, text in [({"prompt": "x"}, 422, "run is required"), ({"run": "nope"}, 422, "no saved files"),
                                   ({"run": RUN, "sampler": "euler b"}, 422, "did you mean"),
                                   ({"run": RUN, "wieghts": [1]}, 422, "did you mean 'weights'"),
-                                  ({"run": RUN, "steps": "many"}, 422, "must be numbers"), ([1], 400, "JSON object")]:
+                                  ({"run": RUN, "steps": "many"}, 422, "steps must be a number"), ([1], 400, "JSON object")]:
         r = client.post("/instant-lora/v1/grid", json=payload)
         assert (r.status_code, text in r.json()["error"]) == (status, True), (payload, r.text)
+
+
+def test_the_webuis_processing_drops_the_tags_from_the_infotext_without_scripts(w):
+    """What the stand-in copies from the WebUI 1.10's process_images_inner: the tags are cut out of
+    the prompt that is generated, and the image's infotext has them back only when `p` has the
+    script runner (as txt2img gives it); the result's infotext(p, i) writes them either way."""
+    from modules import processing, scripts
+
+    prompt = f"shpz <lora:{RUN}:0.7>"
+    kwargs = {"prompt": prompt, "negative_prompt": "blurry", "seed": 3, "steps": 4, "width": 64, "height": 64, "sampler_name": "DDIM"}
+    bare = processing.StableDiffusionProcessingTxt2Img(**kwargs)
+    processed = processing.process_images(bare)
+    assert bare.prompts == ["shpz "] and bare.all_prompts == [prompt]
+    assert processed.infotexts[0].startswith("shpz \nNegative prompt: blurry\n") and "Lora hashes" in processed.infotexts[0]
+    assert processed.images[0].info["parameters"] == processed.infotexts[0]
+    assert processed.infotext(bare, 0).startswith(prompt + "\nNegative prompt: blurry\n")
+
+    like_txt2img = processing.StableDiffusionProcessingTxt2Img(**kwargs)
+    like_txt2img.scripts = scripts.scripts_txt2img
+    like_txt2img.script_args = [0]
+    with_scripts = processing.process_images(like_txt2img)
+    assert with_scripts.infotexts[0] == processed.infotext(bare, 0)
+    assert with_scripts.images[0].getpixel((0, 0)) == processed.images[0].getpixel((0, 0))  # the same image
+
+
+@pytest.mark.parametrize("fork", [False, True], ids=["webui", "fork-without-Processed.infotext"])
+def test_send_cell_to_txt2img_pastes_the_lora_tags(w, host, monkeypatch, fork):
+    """A grid cell's infotext, the text "Send cell to txt2img" hands to the WebUI's paste, keeps
+    `<lora:name:w>` for every weight but 0, so txt2img makes the same image."""
+    from modules import infotext_utils, processing
+
+    if fork:  # a fork whose result cannot write the infotext again: the prompt is put back in place
+        monkeypatch.delattr(processing.Processed, "infotext")
+    grid = testing.generate_grid(host.job, host, host.default_checkpoint(), RUN, "shpz, red square", "0, 0.5, 1", 3, SETTINGS)
+    assert grid.renders == 5
+    for r, row in enumerate(grid.rows):
+        for c, weight in enumerate(grid.weights):
+            info = testing.cell_infotext(grid, f"{row.label} @ w={weight:g}")  # what the cell's textbox holds
+            assert info == grid.cell_infotext(r, c) == grid.cells[r][c].info["parameters"]
+            pasted = infotext_utils.parse_generation_parameters(info)
+            assert pasted["Prompt"] == grid.prompts[r][c]
+            assert pasted["Negative prompt"] == "blurry" and pasted["Seed"] == "3" and pasted["Steps"] == "12"
+            assert (pasted["Sampler"], pasted["Schedule type"], pasted["Size-1"]) == ("DPM++ 2M", "Karras", "64")
+            if weight:
+                assert f"<lora:{row.lora}:{weight:g}>" in pasted["Prompt"]
+                assert pasted["Lora hashes"].startswith(f"{row.lora}: ")
+            else:
+                assert "<lora:" not in pasted["Prompt"] and "Lora hashes" not in pasted
+    # the pasted prompt gives txt2img's image: the same colour as the cell
+    again, _ = testing.generate_image(host.job, host, host.default_checkpoint(), grid.prompts[1][2], 3, SETTINGS)
+    assert again.getpixel((0, 0)) == grid.cells[1][2].getpixel((0, 0))
+
+
+def test_infotext_prompt_is_put_back_in_any_layout():
+    from instant_lora.host.webui.render import infotext_with_tags
+
+    class Result:  # a fork's result: the stripped prompt, no infotext(p, i)
+        def __init__(self, text):
+            self.infotexts = [text]
+
+    tagged = f"a\nb <lora:{RUN}:0.5>"
+    assert infotext_with_tags(None, Result("a\nb \nNegative prompt: x\nSteps: 4, Seed: 1"), tagged) == tagged + "\nNegative prompt: x\nSteps: 4, Seed: 1"
+    assert infotext_with_tags(None, Result("a\nb \nSteps: 4, Seed: 1"), tagged) == tagged + "\nSteps: 4, Seed: 1"
+    assert infotext_with_tags(None, Result("a b"), tagged) == tagged
+    kept = f"a <lora:{RUN}:0.5>\nSteps: 4"
+    assert infotext_with_tags(None, Result(kept), f"a <lora:{RUN}:0.5>") == kept  # already right: unchanged
+
+
+def test_a_test_session_gives_memory_back_after_the_queue_lock(w, host, monkeypatch):
+    from instant_lora import memory
+
+    assert memory.rss_bytes() > 0
+    monkeypatch.setattr(memory, "release_memory", lambda: w.calls.append("release_memory"))
+    testing.generate_image(host.job, host, host.default_checkpoint(), "shpz", 1, SETTINGS)
+    assert w.calls.count("release_memory") == 1
+    assert w.calls.index("release_memory") > w.calls.index("queue_lock.release")

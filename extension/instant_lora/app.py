@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 DEFAULT_PORT = 7870  # the WebUI (and Forge) use 7860
 
@@ -21,6 +22,16 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def exposure_warning(args) -> str | None:
+    """Serving beyond this machine without a login lets anyone train, browse the server's image
+    folders and write into the Lora folder: say so, once, at start."""
+    if (args.listen or args.share) and not args.auth:
+        flag = "--share" if args.share else "--listen"
+        return (f"{flag} without --auth: anyone who can reach this app can train, open image folders on this machine "
+                "and write into the Lora folder. Add --auth user:password.")
+    return None
+
+
 def run_app(argv: list[str]) -> int:
     from .host.standalone import StandaloneHost as Host
     from .ui import build_ui
@@ -32,6 +43,9 @@ def run_app(argv: list[str]) -> int:
         if not sep or not user:
             raise SystemExit("error: --auth must be user:password")
         auth = (user, password)
+    warning = exposure_warning(args)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
     host = Host(models_dir=args.models_dir, lora_dir=args.lora_dir, data_dir=args.data_dir, webui_dir=args.webui_dir)
     print(f"models: {host.models_dir.resolve()}\nLoRAs go to: {host.lora_dir.resolve()}\ndata: {host.data_dir.resolve()}")
     demo = build_ui(host)

@@ -187,7 +187,11 @@ class TrainingJob:
                     if host is not None:
                         host.before_training(control)
                     self._set_stage("dataset")
-                    run_prepared(prepared, model=model, sinks=[self._on_event, *sinks], control=control)
+                    try:
+                        run_prepared(prepared, model=model, sinks=[self._on_event, *sinks], control=control)
+                    finally:
+                        model = None  # the run's models, caches and optimizer are unreferenced now:
+                        _release_memory()  # give them back to the system before the host reloads its model
                 finally:
                     if host is not None:
                         try:
@@ -198,16 +202,10 @@ class TrainingJob:
             stopped_at = stop.stage
         except InstantLoraError as e:
             error = error or str(e)
-        except Exception as e:  # an unexpected bug: keep the traceback where the user looks
+        except Exception as e:  # an unexpected bug: keep the traceback's text where the user looks
             error = error or f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
         finally:
-            model = None
-            try:
-                from .memory import release_memory
-
-                release_memory()  # what the run loaded goes back to the system, not only to Python
-            except Exception:
-                pass
+            _release_memory()  # again: after a failure, the exception's frames held the run until here
             with self._lock:
                 s = self._snap
                 if s.state == "running" and stopped_at and not error:  # stopped before the run began
@@ -222,6 +220,15 @@ class TrainingJob:
                         self._append(f"ERROR: {error}")
                 self._version += 1
                 s.version = self._version
+
+
+def _release_memory() -> None:
+    try:
+        from .memory import release_memory
+
+        release_memory()
+    except Exception:  # never turn a finished run into a failure
+        pass
 
 
 _JOB: TrainingJob | None = None

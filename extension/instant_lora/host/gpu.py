@@ -42,3 +42,10 @@ def hold(job: str, *, wait: float = 0.0, should_stop=None):
     finally:
         _owner, _owner_thread = None, None
         _lock.release()
+
+
+@contextmanager
+def holding(job: str, context):
+    """`context` (a renderer, a captioner) entered while holding the GPU for `job`."""
+    with hold(job), context as value:
+        yield value

@@ -70,7 +70,7 @@ class StandaloneHost(Host):
 
         if not checkpoint_label:
             raise InstantLoraError("no base model chosen", hint=f"pick one under 2. Model & LoRA (models folder: {self.models_dir})")
-        return kept_renderer(self.checkpoint_path(checkpoint_label), self.lora_dir)
+        return gpu.holding("test images", kept_renderer(self.checkpoint_path(checkpoint_label), self.lora_dir))
 
     @staticmethod
     def is_model_file(path: str) -> bool:

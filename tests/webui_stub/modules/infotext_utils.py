@@ -7,6 +7,7 @@ source textbox's infotext into the target tab's fields and switch to that tab.""
 
 from __future__ import annotations
 
+import json
 import re
 
 paste_fields: dict = {}
@@ -24,6 +25,12 @@ class ParamBinding:
         self.source_tabname = source_tabname
         self.override_settings_component = override_settings_component
         self.paste_field_names = paste_field_names or []
+
+
+def quote(text):
+    if "," not in str(text) and "\n" not in str(text) and ":" not in str(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
 def add_paste_fields(tabname, init_img, fields, override_settings_component=None):

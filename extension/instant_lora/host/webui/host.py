@@ -262,7 +262,7 @@ class WebUIHost(Host):
     def test_renderer(self, checkpoint_label: str):
         from .render import webui_session
 
-        return webui_session(self, checkpoint_label)
+        return gpu.holding("test images", webui_session(self, checkpoint_label))
 
     @property
     def grids_dir(self) -> Path:

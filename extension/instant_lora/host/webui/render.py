@@ -5,12 +5,23 @@ prompt gives in txt2img.
 One session is one image or one grid: it waits for a running generation, then holds the WebUI's
 queue lock (txt2img waits meanwhile, as behind any generation), shows the job in `shared.state`,
 and stops at the Interrupt button. Imports of the WebUI's `modules` happen inside the calls.
+
+The infotext of a cell must keep its `<lora:...>` tags, or "Send to txt2img" pastes the prompt
+without the LoRA. In the WebUI 1.10 and Forge 2, process_images_inner (modules/processing.py)
+cuts the extra-network tags out of each batch's `p.prompts` (p.parse_extra_network_prompts())
+and writes the images' infotexts from `p.prompts`; it puts the full prompts back only inside
+`if p.scripts is not None:`, i.e. when txt2img or the API gave `p` the script runner and its
+arguments. We do not: those arguments belong to the txt2img form (its always-on scripts would run
+with whatever we passed). So the cell's infotext comes from `Processed.infotext(p, i)`, which
+writes the same text from `all_prompts` (as the WebUI writes params.txt); a fork without it gets
+the image's infotext with the prompt part replaced by the prompt we asked for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from contextlib import contextmanager
 
 from ...errors import InstantLoraError
@@ -26,6 +37,41 @@ def _init_fields(cls) -> set[str]:
     if dataclasses.is_dataclass(cls):
         return {f.name for f in dataclasses.fields(cls) if f.init}
     return set(inspect.signature(cls).parameters)
+
+
+# An extra-network tag as the WebUI's parser finds it (modules/extra_networks.py re_extra_net).
+_EXTRA_NETWORK_TAG = re.compile(r"<\w+:[^>]+>")
+
+
+def _keeps_tags(infotext: str, prompt: str) -> bool:
+    return all(tag in infotext for tag in _EXTRA_NETWORK_TAG.findall(prompt))
+
+
+def _with_prompt(infotext: str, prompt: str) -> str:
+    """`infotext` with its prompt part (the lines before "Negative prompt:" or, without one, before
+    the parameters line) replaced by `prompt`."""
+    lines = infotext.split("\n")
+    negative = next((i for i, line in enumerate(lines) if line.startswith("Negative prompt:")), None)
+    rest = lines[negative:] if negative is not None else lines[-1:] if len(lines) > 1 else []
+    return "\n".join([prompt, *rest])
+
+
+def infotext_with_tags(p, processed, prompt_with_tags: str, index: int = 0) -> str:
+    """Image `index`'s infotext as txt2img writes it: with the prompt's `<lora:...>` tags (see the
+    module docstring for why the WebUI drops them from a processing object without scripts)."""
+    infotexts = getattr(processed, "infotexts", None) or [getattr(processed, "info", "") or ""]
+    written = infotexts[index] if index < len(infotexts) else infotexts[0]
+    if _keeps_tags(written, prompt_with_tags):
+        return written
+    rewrite = getattr(processed, "infotext", None)  # A1111 1.x and Forge: create_infotext over all_prompts
+    if callable(rewrite):
+        try:
+            text = rewrite(p, index)
+        except Exception:  # a fork with another signature: fall through
+            text = None
+        if isinstance(text, str) and _keeps_tags(text, prompt_with_tags):
+            return text
+    return _with_prompt(written, prompt_with_tags)
 
 
 def processing_kwargs(cls, prompt: str, seed: int, settings, checkpoint_title: str | None) -> dict:
@@ -52,7 +98,7 @@ def processing_kwargs(cls, prompt: str, seed: int, settings, checkpoint_title: s
 
 class WebUIRenderer:
     """render(prompt_with_tags, seed, settings) -> PIL image through modules.processing. The
-    image carries the WebUI's own infotext (what "Send to txt2img" pastes)."""
+    image carries the WebUI's own infotext with the prompt's tags (what "Send to txt2img" pastes)."""
 
     def __init__(self, host, checkpoint_info=None):
         from ...sample.lora_files import LoraLibrary
@@ -98,15 +144,14 @@ class WebUIRenderer:
         p = cls(**processing_kwargs(cls, prompt_with_tags, seed, settings, self._override_title))
         try:
             processed = processing.process_images(p)
+            if state.interrupted:
+                raise InstantLoraError("interrupted (the Interrupt button)", hint="run the test again when you are ready")
+            if not getattr(processed, "images", None):
+                raise InstantLoraError("the WebUI returned no image", hint="its console says why")
+            image = processed.images[0]
+            image.info["parameters"] = infotext_with_tags(p, processed, prompt_with_tags)  # before close(): it reads p
         finally:
             p.close()
-        if state.interrupted:
-            raise InstantLoraError("interrupted (the Interrupt button)", hint="run the test again when you are ready")
-        if not getattr(processed, "images", None):
-            raise InstantLoraError("the WebUI returned no image", hint="its console says why")
-        image = processed.images[0]
-        infotexts = getattr(processed, "infotexts", None) or [getattr(processed, "info", "")]
-        image.info["parameters"] = infotexts[0]
         return image
 
 
@@ -118,5 +163,10 @@ def webui_session(host, checkpoint_label: str | None, job: str = "Instant LoRA t
         raise InstantLoraError(f"checkpoint '{checkpoint_label}' is not in the WebUI's list",
                                hint="press the refresh button next to the checkpoint list "
                                     "(REST: GET /instant-lora/v1/checkpoints lists the titles)")
-    with host.exclusive(job):  # after a running generation; txt2img waits for us
-        yield WebUIRenderer(host, info)
+    try:
+        with host.exclusive(job):  # after a running generation; txt2img waits for us
+            yield WebUIRenderer(host, info)
+    finally:
+        from ...memory import release_memory
+
+        release_memory()  # after the lock: txt2img need not wait for it

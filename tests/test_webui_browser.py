@@ -9,6 +9,7 @@ cell made the LoRA's preview refreshes the cards. Runs on the installed Gradio (
 
 import os
 import socket
+import types
 from pathlib import Path
 
 import pytest
@@ -120,10 +121,11 @@ def test_cards_refresh_send_to_txt2img_and_a_grid_cell_to_txt2img(webui_page, mo
 
     from instant_lora.host import webui as webui_host
     from instant_lora.config import TrainConfig
+    from instant_lora.request import PreparedRun
 
     w, url = webui_page
     host = webui_host.get_host()
-    monkeypatch.setattr("instant_lora.train.loop.train", FakeTrain(w))
+    monkeypatch.setattr("instant_lora.train.loop.run_prepared", FakeTrain(w))
     js = (ROOT / "javascript" / "instant_lora.js").read_text(encoding="utf-8")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -146,7 +148,8 @@ def test_cards_refresh_send_to_txt2img_and_a_grid_cell_to_txt2img(webui_page, mo
 
             config = TrainConfig(pretrained_model_name_or_path="x", train_data_dir="d", output_dir=str(host.lora_dir),
                                  output_name="web_lora", trigger_words="shpz")
-            host.job.start(config, before=host.before_training, after=host.after_training, extra_sinks=host.progress_sinks())
+            plan = types.SimpleNamespace(output_name="web_lora", max_train_steps=5)
+            host.job.start(PreparedRun(config=config, plan=plan, scan=None), host=host)
             assert host.job.wait(20).state == "finished"
             page.wait_for_function("() => (document.querySelector('#il_result')?.innerText || '').includes('web_lora')")
             page.wait_for_function("() => document.querySelector('#refreshed input')?.value === '1'")  # cards refreshed, once

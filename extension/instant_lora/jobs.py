@@ -71,6 +71,7 @@ class TrainingJob:
         self._thread: threading.Thread | None = None
         self._control: TrainControl | None = None
         self._first_step: int | None = None
+        self._end_state: str | None = None  # from the run's end event, shown when the worker is done
         self._version = 0
 
     def snapshot(self) -> JobSnapshot:
@@ -96,6 +97,7 @@ class TrainingJob:
                                      stage="waiting", total=prepared.plan.max_train_steps, started_at=time.time(),
                                      version=self._version)
             self._control = TrainControl()
+            self._end_state = None
             for source in (host.stop_sources() if host is not None else []):
                 self._control.add_source(source)
             self._first_step = None
@@ -159,14 +161,16 @@ class TrainingJob:
             elif isinstance(event, Sample):
                 s.samples.append((event.caption, event.path))
                 self._append(f"sample at step {event.step}")
+            # The end state shows once the host has the GPU back (see _work), so a client that
+            # sees "finished" can generate at once.
             elif isinstance(event, Finished):
-                s.result_path, s.state = event.path, "finished"
+                s.result_path, self._end_state = event.path, "finished"
                 self._append(f"done: {event.steps} steps")
             elif isinstance(event, Cancelled):
-                s.result_path, s.state, s.stage = event.path, "cancelled", event.stage
+                s.result_path, s.stage, self._end_state = event.path, event.stage, "cancelled"
                 self._append(f"cancelled during {event.stage}" + (f": saved {event.path}" if event.path else ": nothing was saved"))
             elif isinstance(event, Failed):
-                s.state, s.error, s.stage = "failed", event.message, event.stage
+                s.error, s.stage, self._end_state = event.message, event.stage, "failed"
                 self._append(f"ERROR: {event.message}")
 
     def _set_stage(self, stage: str) -> None:
@@ -208,10 +212,12 @@ class TrainingJob:
             _release_memory()  # again: after a failure, the exception's frames held the run until here
             with self._lock:
                 s = self._snap
-                if s.state == "running" and stopped_at and not error:  # stopped before the run began
+                if self._end_state:
+                    s.state = self._end_state
+                elif stopped_at and not error:  # stopped before the run began
                     s.state, s.stage = "cancelled", stopped_at
                     self._append(f"cancelled while {stopped_at}: nothing was saved")
-                elif s.state == "running":  # no end event: it failed before the run could report
+                else:  # no end event: it failed before the run could report
                     s.state = "failed"
                 if error and s.state != "cancelled":
                     s.state = "failed"

@@ -91,6 +91,7 @@ def page(app):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         pg = browser.new_page(viewport={"width": 1280, "height": 1600})
         pg.set_default_timeout(180_000)
+        pg.add_init_script(RECORD_RECEIVED)
         pg.goto(app["url"])
         pg.wait_for_selector("#il_start")
         yield pg
@@ -169,6 +170,55 @@ def wait_text(page, elem_id: str, text: str, timeout: float = 240):
                              f"screenshot: {SHOTS / f'failed-{elem_id}.png'}\napp log:\n{log}") from e
 
 
+# Polled outputs that show a progress indicator (Gradio's status tracker) that can be seen: not
+# hidden, not transparent (on 3.41 a tracker's pulse animation outdoes its "hide" class's opacity 0).
+BUSY_POLLED_OUTPUTS = """() => ['il_progress', 'il_loss_chart', 'il_samples', 'il_log', 'il_result', 'il_result_tag'].filter(id => {
+    const box = document.querySelector('#' + id);
+    if (!box) return false;
+    return [...box.querySelectorAll('.generating, .pending, .eta-bar, .progress-text')].some(el => {
+        if (!el.getClientRects().length) return false;
+        for (let node = el; node && node !== box.parentElement; node = node.parentElement) {
+            const style = getComputedStyle(node);
+            if (style.display === 'none' || style.visibility === 'hidden' || Number(style.opacity) === 0) return false;
+        }
+        return true;
+    });
+})"""
+
+
+# Recorded in the page, before Gradio's own scripts run: the text of what the server streams to it
+# (Gradio 4+: the queue's event stream, read through fetch or EventSource; Gradio 3: a websocket).
+RECORD_RECEIVED = """(() => {
+    window.__ilReceived = [];
+    const record = (text) => { if (window.__ilRecording) window.__ilReceived.push(String(text)); };
+    const fetch0 = window.fetch;
+    window.fetch = async function (...args) {
+        const res = await fetch0.apply(this, args);
+        const url = String((args[0] && args[0].url) || args[0]);
+        if (!url.includes('queue/data') || !res.body) return res;
+        const [mine, theirs] = res.body.tee();
+        (async () => {
+            const reader = theirs.getReader(), text = new TextDecoder();
+            for (;;) { const {done, value} = await reader.read(); if (done) break; record(text.decode(value, {stream: true})); }
+        })();
+        return new Response(mine, {status: res.status, statusText: res.statusText, headers: res.headers});
+    };
+    if (window.EventSource) window.EventSource = class extends window.EventSource {
+        constructor(...a) { super(...a); this.addEventListener('message', (e) => record(e.data)); }
+    };
+    window.WebSocket = class extends window.WebSocket {
+        constructor(...a) { super(...a); this.addEventListener('message', (e) => record(e.data)); }
+    };
+})()"""
+
+
+def received_for(page, seconds: float) -> list[str]:
+    """What the server streamed to the page in the next `seconds`."""
+    page.evaluate("() => { window.__ilReceived = []; window.__ilRecording = true; }")
+    page.wait_for_timeout(seconds * 1000)
+    return page.evaluate("() => { window.__ilRecording = false; return window.__ilReceived; }")
+
+
 def wait_done(page, timeout_s: float = 300):
     page.wait_for_selector("#il_progress [data-state=finished], #il_progress [data-state=failed], "
                            "#il_progress [data-state=cancelled]", timeout=timeout_s * 1000)
@@ -222,8 +272,8 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     fill(page, "il_max_train_epochs", "2")
     open_accordion(page, "il_advanced")
     fill(page, "il_resolution", "64,64")
-    fill_until(page, "il_save_every_n_epochs", "1", "il_plan", "final file + 1 intermediate (every 1 epoch(s))")  # 2 grid rows
-    wait_text(page, "il_plan", "40 steps", timeout=60)
+    fill_until(page, "il_save_every_n_epochs", "1", "il_plan", "final file + 1 intermediate (epoch saves")  # 2 grid rows
+    wait_text(page, "il_plan", "20 steps per epoch; 40 steps = 2 epoch(s)", timeout=60)
     fill(page, "il_sample_prompts", "shpz, red square --s 2")
     fill(page, "il_sample_every", "10")
     page.locator("#il_section_model").screenshot(path=str(SHOTS / "2-model.png"))
@@ -236,6 +286,22 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     page.wait_for_selector("#il_loss_chart svg")
     page.wait_for_function("() => document.querySelectorAll('#il_samples img').length >= 4")  # steps 10, 20, 30, 40
     page.locator("#il_section_train").screenshot(path=str(SHOTS / "3-train.png"))
+    # The page polls every second but is sent only what changed: the chart and the samples stay as they are,
+    # and no polled box wears a progress indicator (on Gradio 3.41: an orange "pending" border).
+    received = received_for(page, seconds=3.5)
+    assert received, "the page did not poll"
+    assert not [m for m in received if "il-loss" in m or "ui_lora_step" in m], received[:3]
+    assert page.evaluate(BUSY_POLLED_OUTPUTS) == []
+    context = page.context.browser.new_context(viewport={"width": 1280, "height": 1600})
+    later = context.new_page()  # a page opened after the run still gets all of it
+    try:
+        later.goto(app["url"])
+        later.wait_for_selector("#il_progress [data-state=finished]", timeout=60_000)
+        later.wait_for_selector("#il_loss_chart svg", timeout=60_000)
+        later.wait_for_function("() => document.querySelectorAll('#il_samples img').length >= 4", timeout=60_000)
+        wait_text(later, "il_result", "ui_lora.safetensors", timeout=60)
+    finally:
+        context.close()
     wait_text(page, "il_result", "ui_lora.safetensors")
     tag = page.locator("#il_result_tag textarea, #il_result_tag input").first.input_value()
     assert tag == "<lora:ui_lora:0.8> shpz"
@@ -287,7 +353,8 @@ def test_existing_name_and_bad_names_are_refused(app, page):
     wait_text(page, "il_train_msg", "already exists")
     fill(page, "il_output_name", "../escape")
     page.locator("#il_start").click()
-    wait_text(page, "il_train_msg", "plain file name")
+    wait_text(page, "il_train_msg", "must not contain")
+    assert "Output name (output_name)" in page.inner_text("#il_train_msg")  # the field's label, with what is wrong
     assert not list(app["base"].rglob("escape*"))
 
 
@@ -297,6 +364,29 @@ def test_empty_dataset_folder_gives_a_visible_message(app, page):
     fill(page, "il_dataset_dir", str(empty))
     page.locator("#il_load_dataset").click()
     wait_text(page, "il_dataset_problems", "10_")  # names the expected layout
+
+
+def test_a_dataset_folder_anywhere_on_the_machine_opens(app, page):
+    """Outside the app's working folder, the temp folder and its data folder (Gradio serves none of
+    it): the gallery still shows the images, and a folder that is not there says so."""
+    import shutil
+
+    outside = ROOT / "test-output" / f"outside-dataset-{_gradio_major()}"
+    shutil.rmtree(outside, ignore_errors=True)
+    make_image(outside / "3_far" / "a.png", (20, 160, 20))
+    make_image(outside / "3_far" / "b.png", (160, 20, 160), shape="circle")
+    try:
+        fill(page, "il_dataset_dir", str(outside))
+        page.locator("#il_load_dataset").click()
+        wait_text(page, "il_dataset_summary", "2 images")
+        page.wait_for_function("() => document.querySelectorAll('#il_gallery img').length >= 2", timeout=30_000)
+        page.wait_for_function("() => [...document.querySelectorAll('#il_gallery img')].every(i => i.complete && i.naturalWidth > 0)",
+                               timeout=30_000)
+        fill(page, "il_dataset_dir", str(outside / "not_there"))
+        page.locator("#il_load_dataset").click()
+        wait_text(page, "il_dataset_problems", "Training folder not found")
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
 
 
 def test_cancel_keeps_the_work(app, page):

@@ -239,7 +239,7 @@ class TrainConfig:
             problems.append(("caption_extension", ext_problem))
         if (self.sample_every_n_steps or self.sample_every_n_epochs or self.sample_at_first) and not (
                 self.sample_prompts or self.sample_prompt_text):
-            problems.append(("sample_prompts", "is needed to render samples (a .txt file, one prompt per line)"))
+            problems.append(("sample_prompts", "are needed to render samples (one prompt per line)"))
         if self.sample_every_n_steps is not None and self.sample_every_n_steps < 1:
             problems.append(("sample_every_n_steps", "must be at least 1"))
         if self.output_name is not None:

@@ -39,7 +39,12 @@ def save_preset(name: str, values: dict, user_dir: Path, description: str = "") 
         raise InstantLoraError(f"preset name '{name}' must be a plain file name", hint="e.g. my_settings")
     default = TrainConfig().to_dict()
     per_run = {"pretrained_model_name_or_path", "train_data_dir", "output_name", "output_dir", "resume", "network_weights"}
-    sparse = {k: v for k, v in values.items() if k in FIELD_NAMES and k not in per_run and v != default.get(k)}
+    # A value equal to the reference's default is still written when the app's default differs
+    # (e.g. Epochs cleared: None, where the app would train 10 epochs), so it loads back as saved.
+    from .request import APP_DEFAULTS
+
+    sparse = {k: v for k, v in values.items() if k in FIELD_NAMES and k not in per_run
+              and (v != default.get(k) or (k in APP_DEFAULTS and v != APP_DEFAULTS[k]))}
     data = {"config_version": CONFIG_VERSION, "description": description, **sparse}
     Path(user_dir).mkdir(parents=True, exist_ok=True)
     path = Path(user_dir) / f"{name}.json"

@@ -37,7 +37,7 @@ class TrainPlan:
     text_encoder_lr: float
     precision: str  # effective: "no" | "fp16" | "bf16"
     device: str
-    seed: int
+    seed: int | None  # None only in a preview: the run draws one when the user set none
     warnings: tuple = field(default_factory=tuple)
     output_name: str = "last"
     output_dir: str = "output"
@@ -145,7 +145,7 @@ def make_plan(config, num_images: int, num_train_images: int, *, cuda: bool, exp
         warmup_steps=warmup, rank=rank, alpha=alpha, train_text_encoder=not config.network_train_unet_only,
         unet_lr=config.unet_lr if config.unet_lr is not None else lr,
         text_encoder_lr=config.text_encoder_lr if config.text_encoder_lr is not None else lr,
-        precision=precision, device="cuda" if cuda else "cpu", seed=seed if seed is not None else 0,
+        precision=precision, device="cuda" if cuda else "cpu", seed=seed,
         warnings=tuple(warnings), output_name=name, output_dir=str(out),
         logging_dir=str(logging_dir or config.logging_dir or f"{out}/logs"), run_name=run_name,
         saves=save_schedule(max_steps, steps_per_epoch, name, config.save_every_n_epochs, config.save_every_n_steps),
@@ -170,6 +170,7 @@ def describe(plan: TrainPlan) -> list[str]:
         lines.append("saves: the final file only")
     if plan.sample_steps:
         lines.append(f"samples: {len(plan.sample_prompts)} prompt(s) at {len(plan.sample_steps)} point(s) of the run")
-    lines.append(f"rank {plan.rank}, alpha {plan.alpha:g} (scale {plan.lora_scale:.3g}); seed {plan.seed}; "
+    seed = "a random seed" if plan.seed is None else f"seed {plan.seed}"
+    lines.append(f"rank {plan.rank}, alpha {plan.alpha:g} (scale {plan.lora_scale:.3g}); {seed}; "
                  f"{plan.device} {'fp32' if plan.precision == 'no' else plan.precision}")
     return lines

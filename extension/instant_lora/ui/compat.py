@@ -1,33 +1,60 @@
-"""The few places where Gradio 3.41 (the WebUI), 4.40 (Forge) and current releases differ."""
+"""The few places where Gradio 3.41 (the WebUI), 4.40 (Forge) and current releases differ, and the
+one helper that turns a handler's plain result into component updates."""
 
 from __future__ import annotations
 
 import inspect
 
 
-def _accepts(component_cls, name: str) -> bool:
+def _accepts(fn, name: str) -> bool:
     try:
-        return name in inspect.signature(component_cls.__init__).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
 
 def copyable_textbox(gr, **kw):
     """A Textbox with a copy button where the installed Gradio has one."""
-    if _accepts(gr.Textbox, "show_copy_button"):
+    if _accepts(gr.Textbox.__init__, "show_copy_button"):
         kw["show_copy_button"] = True
-    elif _accepts(gr.Textbox, "buttons"):
+    elif _accepts(gr.Textbox.__init__, "buttons"):
         kw["buttons"] = ["copy"]
     return gr.Textbox(**kw)
 
 
-def every(gr, demo, fn, outputs, seconds: float):
-    """Call fn every `seconds` while the page is open: gr.Timer (4.40+) or load(every=) (3.x)."""
+def every(gr, demo, fn, inputs, outputs, seconds: float):
+    """Call fn every `seconds` while the page is open: gr.Timer (4.40+) or load(every=) (3.x),
+    never with a progress indicator on the outputs.
+
+    Gradio 3 runs `every` as one endless generator, so its outputs' status trackers stay in the
+    "generating" state for as long as the page is open; that state's pulse animation outdoes the
+    opacity 0 of show_progress="hidden", and every polled box wears an orange border. A style
+    rule for these outputs' trackers stops the animation, so the hidden tracker stays hidden."""
     if hasattr(gr, "Timer"):
         timer = gr.Timer(seconds)
-        timer.tick(fn, inputs=None, outputs=outputs, show_progress="hidden" if gradio_major(gr) >= 4 else False)
+        timer.tick(fn, inputs=inputs, outputs=outputs, show_progress="hidden")
         return timer
-    return demo.load(fn, inputs=None, outputs=outputs, every=seconds)
+    ids = [o.elem_id for o in outputs if getattr(o, "elem_id", None)]
+    if ids:
+        trackers = ", ".join(f"#{i} .wrap.hide" for i in ids)
+        gr.HTML(f"<style>{trackers} {{animation: none !important; border-color: transparent !important;}}</style>",
+                elem_id="il_poll_style")
+    return demo.load(fn, inputs=inputs, outputs=outputs, every=seconds, show_progress="hidden")
+
+
+def quiet(gr) -> dict:
+    """Event options for an output that updates as the user types (the live plan): no progress
+    indicator, and on 4.x+ only the last of a burst of changes runs."""
+    kw = {"show_progress": "hidden"}
+    if gradio_major(gr) >= 4:
+        kw["trigger_mode"] = "always_last"
+    return kw
+
+
+def updates(gr, values: dict, names) -> tuple:
+    """One update per output name, in order: the new value where `values` has one, else "leave
+    it as it is" (nothing sent for it)."""
+    return tuple(values[n] if n in values else gr.update() for n in names)
 
 
 def gradio_major(gr) -> int:

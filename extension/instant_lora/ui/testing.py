@@ -35,11 +35,13 @@ def parse_weights(text) -> list[float]:
     """"0, 0.4 0.7;1" or [0, 0.4, 0.7, 1] -> floats."""
     items = text if isinstance(text, (list, tuple)) else str(text).replace(",", " ").replace(";", " ").split()
     try:
-        weights = [float(w) for w in items]
-    except ValueError:
-        raise InstantLoraError(f"weights '{text}' must be numbers like 0, 0.4, 0.7, 1") from None
+        weights = [float(w) for w in items if not isinstance(w, bool)]
+    except (TypeError, ValueError):
+        raise InstantLoraError(f"weights '{str(text):.80}' must be numbers like 0, 0.4, 0.7, 1") from None
     if not weights:
         raise InstantLoraError("no weights given", hint="e.g. 0, 0.4, 0.7, 1")
+    if len(weights) > 32 or not all(-10 <= w <= 10 for w in weights):  # NaN fails this too
+        raise InstantLoraError("weights must be at most 32 numbers from -10 to 10", hint="e.g. 0, 0.4, 0.7, 1")
     return weights
 
 
@@ -63,6 +65,21 @@ def generate_grid(job, host, checkpoint: str, run_name: str, prompt: str, weight
                           replace={run_name})
     grid.save(Path(host.grids_dir) / f"{run_name}-grid-{time.strftime('%Y%m%d-%H%M%S')}.png")
     return grid
+
+
+def panel_defaults(job, result_tag: str) -> tuple[str, str]:
+    """(prompt, run name) the panel opens with: the result's tag, and the run whose saved files
+    form the grid's rows (none before a run saved anything)."""
+    snap = job.snapshot()
+    return result_tag or "", snap.name if snap.result_path else ""
+
+
+def cell_at(grid, x: int, y: int) -> str | None:
+    """The label of the grid cell at pixel (x, y) of the grid image, or None (a margin, no grid)."""
+    if grid is None:
+        return None
+    hit = grid.layout.cell_at(int(x), int(y))
+    return cell_labels(grid)[hit[0] * len(grid.weights) + hit[1]] if hit else None
 
 
 def cell_labels(grid) -> list[str]:

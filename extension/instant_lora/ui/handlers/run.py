@@ -1,0 +1,233 @@
+"""Model & LoRA and Train: the form -> one RunRequest -> `request.prepare_run` -> the job, and the
+live plan from `request.preview_plan`. The UI computes no steps, epochs or saves of its own: the
+plan is the one source, so the form says what the run does."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ...errors import InstantLoraError
+from ...request import RunRequest, prepare_run, preview_plan
+from ..fields import FORM_ONLY_DEFAULTS, shown_value, starting_values, user_values
+from . import error_message, problems_message
+
+PER_RUN_FIELDS = ("output_name", "trigger_words")  # a preset that does not name them leaves them as typed
+
+
+@dataclass(frozen=True)
+class RunForm:
+    """What a run is made of on the page, as the components hold it."""
+
+    fields: dict = field(default_factory=dict)  # form field -> the component's value
+    dataset_dir: str = ""
+    checkpoint: str | None = None  # a label of the host's checkpoint list
+    preset: str | None = None
+    overwrite: bool = False
+    sample_text: str = ""
+    sample_every: float | int | None = 0
+
+
+def presets_dir(host) -> Path:
+    return Path(host.data_dir) / "presets"
+
+
+def preset_values(name: str | None, host) -> dict:
+    """The preset's values, or {} (an unknown or broken preset is reported by the request)."""
+    from ...presets import list_presets, load_preset
+
+    presets = list_presets(presets_dir(host)) if name else {}
+    if name not in presets:
+        return {}
+    try:
+        return load_preset(presets[name])[0]
+    except InstantLoraError:
+        return {}
+
+
+def _sample_values(form: RunForm, host) -> dict:
+    """The sample prompts and their schedule, when they differ from what the host puts under a
+    request (the WebUI's Settings, which its tab shows in these boxes)."""
+    text = (form.sample_text or "").strip()
+    try:
+        every = int(float(form.sample_every or 0))
+    except (TypeError, ValueError):
+        every = 0
+    every = every if every > 0 else None
+    defaults = host.request_defaults() if host is not None else {}
+    if (text, every) == ((defaults.get("sample_prompt_text") or "").strip(), defaults.get("sample_every_n_steps")):
+        return {}
+    return {"sample_prompt_text": text, "sample_every_n_steps": every}
+
+
+def run_request(form: RunForm, host) -> RunRequest:
+    """The request the form stands for: only what the user set, the preset by name, the checkpoint
+    by its label; sample prompts as text."""
+    values = user_values(form.fields, preset_values(form.preset, host))
+    folder = (form.dataset_dir or "").strip()
+    if folder:
+        values["train_data_dir"] = folder
+    values.update(_sample_values(form, host))
+    return RunRequest(front="app", values=values, preset=form.preset or None, checkpoint=form.checkpoint or None,
+                      overwrite=bool(form.overwrite))
+
+
+def start_training(job, host, form: RunForm) -> str:
+    """Validate, scan, plan and start; a message for the Train section either way."""
+    snap = job.snapshot()
+    if snap.running:
+        return f"**A training is already running:** '{snap.name}' at step {snap.step}/{snap.total}. Cancel it first."
+    try:
+        prepared = prepare_run(run_request(form, host), host)
+        job.start(prepared, host=host)
+    except InstantLoraError as e:
+        return error_message(e)
+    except Exception as e:  # a bug: named here, with its traceback in the console
+        traceback.print_exc(file=sys.stderr)
+        return error_message(e)
+    plan = prepared.plan
+    return (f"Started **{prepared.name}**: {plan.max_train_steps} steps, {plan.num_epochs} epoch(s); "
+            f"{len(plan.saves)} file(s) to `{plan.output_dir}`.")
+
+
+def cancel_training(job) -> str:
+    if job.cancel():
+        return "Cancelling: stopping at the next step (or stage) and saving what was learned."
+    return "Nothing is running."
+
+
+# ---- the live plan --------------------------------------------------------------------------------
+
+def live_plan(host, form: RunForm, scan) -> str:
+    """The plan the form would run, as markdown: steps, epochs, saves, samples, where the file goes,
+    the trainable parameters, and what to fix."""
+    from ...train.plan import describe
+
+    lines: list[str] = []
+    try:
+        plan, problems = preview_plan(run_request(form, host), host, scan)
+    except InstantLoraError as e:
+        return error_message(e)
+    if plan is not None:
+        lines += describe(plan)  # a preview draws no seed: "a random seed" unless the form sets one
+        lines.append(f"writes `{plan.final_path()}`")
+        lines += [f"note: {warning}" for warning in plan.warnings]
+        if (form.sample_text or "").strip() and not plan.sample_steps:
+            lines.append("sample prompts are set, but Sample every N steps is 0: no samples")
+    elif scan is None:
+        lines.append("Load a dataset to see the steps, epochs and saves.")
+    lines.append(parameters_line(form, host))
+    if problems:
+        lines.append(problems_message(problems, title="fix:"))
+    return "\n\n".join(line for line in lines if line)
+
+
+def effective_values(form: RunForm, host) -> dict:
+    """Every form field as the run would get it from the defaults, the preset and the user."""
+    preset = preset_values(form.preset, host)
+    return {**starting_values(preset), **user_values(form.fields, preset)}
+
+
+def parameters_line(form: RunForm, host) -> str:
+    from ...config import TrainConfig
+
+    values = effective_values(form, host)
+    try:
+        config = TrainConfig(network_dim=values["network_dim"], network_args=values["network_args"],
+                             network_alpha=values["network_alpha"], network_train_unet_only=values["network_train_unet_only"])
+        rank, preset, alpha = config.rank, config.preset, float(config.network_alpha)
+    except (InstantLoraError, TypeError, ValueError):
+        return ""
+    if not (1 <= rank <= 1024) or preset not in ("default", "attn-only") or alpha <= 0:
+        return ""  # the problems say why
+    try:
+        trainable, base = lora_parameter_count(rank, preset, not config.network_train_unet_only)
+    except Exception as e:  # diffusers missing or broken: the rest of the plan still shows
+        return f"trainable parameters: unknown ({error_message(e)})"
+    return (f"trainable: **{trainable / 1e6:.2f} M** parameters = {100 * trainable / base:.2f}% of SD1.5's "
+            f"{base / 1e6:.0f} M (UNet + text encoder); LoRA scale alpha/rank = {alpha / rank:.3g}")
+
+
+_COUNT_LOCK = threading.Lock()  # one count at a time: diffusers' lazy imports are not thread-safe
+
+
+def lora_parameter_count(rank: int, preset: str, train_text_encoder: bool) -> tuple[int, int]:
+    """(trainable, base) parameters for SD1.5 at this rank, from its config without loading weights."""
+    with _COUNT_LOCK:
+        return _parameter_count(int(rank), str(preset), bool(train_text_encoder))
+
+
+@lru_cache(maxsize=32)
+def _parameter_count(rank: int, preset: str, train_text_encoder: bool) -> tuple[int, int]:
+    from ...heavy_imports import import_sd_libraries
+
+    import_sd_libraries()
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ...lora.targets import text_encoder_targets, unet_targets
+    from ...models import BUNDLED_SD15_CONFIG
+
+    # torch.device("meta") is thread-local; accelerate's init_empty_weights patches torch for every
+    # thread and would put a concurrently training run's new LoRA layers on the meta device.
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(BUNDLED_SD15_CONFIG / "unet")))
+        te = CLIPTextModel(CLIPTextConfig.from_pretrained(str(BUNDLED_SD15_CONFIG / "text_encoder")))
+    modules = dict(unet.named_modules())
+    count = 0
+    for name in unet_targets(unet, preset):
+        w = modules[name].weight
+        count += rank * (w.shape[0] + w.shape[1])
+    te_modules = dict(te.named_modules())
+    if train_text_encoder:
+        for name in text_encoder_targets(te, preset):
+            w = te_modules[name].weight
+            count += rank * (w.shape[0] + w.shape[1])
+    base = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in te.parameters())
+    return count, base
+
+
+# ---- presets and checkpoints --------------------------------------------------------------------------
+
+def preset_choices(host) -> list[str]:
+    from ...presets import list_presets
+
+    return list(list_presets(presets_dir(host)))
+
+
+def preset_form(name: str | None, host) -> tuple[dict, str]:
+    """({field: value to show}, message) for picking a preset: every field at where the preset
+    starts it; the output name and trigger words stay as typed unless the preset sets them.
+    ({}, "") when no preset is picked."""
+    from ...presets import list_presets, load_preset
+
+    presets = list_presets(presets_dir(host))
+    if not name or name not in presets:
+        return {}, ""
+    values, description = load_preset(presets[name])  # InstantLoraError names the broken file
+    start = starting_values(values)
+    shown = {n: shown_value(n, v) for n, v in start.items() if n not in PER_RUN_FIELDS or n in values}
+    return shown, f"Preset **{name}**: {description}"
+
+
+def save_form_preset(name: str, form: RunForm, host) -> tuple[str, str]:
+    """Save what the form would run as a user preset: (its name, message)."""
+    from ...presets import save_preset
+
+    values = effective_values(form, host)
+    for key in FORM_ONLY_DEFAULTS:
+        values.pop(key, None)
+    path = save_preset((name or "").strip(), values, presets_dir(host))
+    return path.stem, f"saved preset {path.name}"
+
+
+def checkpoint_choices(host, current: str | None) -> tuple[list[str], str | None]:
+    """(the host's checkpoint labels, the one to select: the current one if still listed)."""
+    choices = host.list_checkpoints()
+    return choices, current if current in choices else host.default_checkpoint()
+

@@ -1,0 +1,16 @@
+"""The page's sections, top to bottom: dataset, model (& LoRA), train, result, test. Each module's
+`build(gr, ctx)` lays out its components inside the open Blocks and returns them in a small
+dataclass; nothing here handles an event (that is `ui.wiring`). Gradio is passed in, never
+imported here, so importing the UI package stays cheap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class BuildContext:
+    host: object  # host.base.Host
+    job: object  # jobs.TrainingJob
+    demo: object  # the gr.Blocks being built (hosts look components up by elem_id in it)
+    form: dict  # initial form values (fields.initial_values())

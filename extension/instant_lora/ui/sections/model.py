@@ -1,0 +1,73 @@
+"""2. Model & LoRA: the base model, presets, every training setting (typed and explained from the
+config), and the live plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import fields as form_fields
+
+
+@dataclass
+class ModelSection:
+    checkpoint: object
+    refresh: object
+    preset: object
+    preset_name: object
+    save_preset: object
+    fields: dict  # config field name -> component, in FORM_FIELDS order
+    overwrite: object
+    plan: object
+    preset_message: object
+
+
+def field_component(gr, name: str, label: str, value):
+    """A form component for a config field, typed from the config, with its one-line help."""
+    from ...config import field_type
+
+    kind, choices = field_type(name), form_fields.choices_for(name)
+    common = {"label": label, "info": form_fields.help_for(name), "elem_id": f"il_{name}"}
+    shown = form_fields.shown_value(name, value)
+    if kind is bool:
+        return gr.Checkbox(value=bool(shown), **common)
+    if choices:
+        options = list(choices) + ([form_fields.NONE_CHOICE] if form_fields.FIELDS[name].default is None else [])
+        return gr.Dropdown(choices=options, value=shown, **common)
+    if kind in (int, float):
+        return gr.Number(value=shown, precision=0 if kind is int else None, **common)
+    return gr.Textbox(value=shown, **common)
+
+
+def _rows(gr, table, values: dict, out: dict) -> None:
+    for start in range(0, len(table), 3):
+        with gr.Row():
+            for name, label in table[start:start + 3]:
+                out[name] = field_component(gr, name, label, values[name])
+
+
+def build(gr, ctx) -> ModelSection:
+    from ..handlers.run import preset_choices
+
+    host = ctx.host
+    with gr.Accordion("2. Model & LoRA", open=True, elem_id="il_section_model"):
+        with gr.Row():
+            checkpoint = gr.Dropdown(choices=host.list_checkpoints(), value=host.default_checkpoint(), label="Base model",
+                                     elem_id="il_checkpoint", allow_custom_value=True, scale=4,
+                                     info="SD1.x checkpoint from the models folder; the LoRA works best on the model it was trained on.")
+            refresh = gr.Button("Refresh", elem_id="il_refresh_models", scale=1)
+        with gr.Row():
+            preset = gr.Dropdown(choices=preset_choices(host), value=None, label="Preset", elem_id="il_preset",
+                                 info="Load tested settings; Balanced suits most subjects.")
+            preset_name = gr.Textbox(label="Save current settings as", elem_id="il_preset_name",
+                                     info="A name for your own preset (JSON in the app's data folder).")
+            save_preset = gr.Button("Save preset", elem_id="il_save_preset")
+        components: dict = {}
+        _rows(gr, form_fields.BASIC_FIELDS, ctx.form, components)
+        overwrite = gr.Checkbox(value=False, label="Replace existing file", elem_id="il_overwrite",
+                                info="Allow this output name to replace a LoRA of the same name in the Lora folder.")
+        with gr.Accordion("Advanced", open=False, elem_id="il_advanced"):
+            _rows(gr, form_fields.ADVANCED_FIELDS, ctx.form, components)
+        plan = gr.Markdown(elem_id="il_plan")
+        preset_message = gr.Markdown(elem_id="il_preset_msg")
+    ordered = {name: components[name] for name in form_fields.FORM_FIELDS}
+    return ModelSection(checkpoint, refresh, preset, preset_name, save_preset, ordered, overwrite, plan, preset_message)

@@ -1,0 +1,258 @@
+"""One Gradio Blocks for both front ends: the sections laid out top to bottom (1 Dataset, 2 Model &
+LoRA, 3 Train, 4 Result, 5 Test), then every event wired here, last.
+
+The functions wired here only adapt: component values in, a handler of `ui.handlers` or
+`ui.testing` called, its plain result out as component updates, an error as a visible message.
+Gradio is imported by build_ui only, never when the package is imported.
+"""
+
+import sys
+import threading  # no `from __future__ import annotations`: Gradio reads `evt: gr.SelectData` at wiring time
+import traceback
+from pathlib import Path
+
+from ..errors import InstantLoraError
+from . import testing
+from .compat import every, quiet, updates, upload_paths
+from .fields import initial_values
+from .handlers import dataset as dataset_handlers
+from .handlers import error_message
+from .handlers import progress as progress_handlers
+from .handlers import run as run_handlers
+from .sections import BuildContext
+from .sections import dataset as dataset_section
+from .sections import model as model_section
+from .sections import result as result_section
+from .sections import test as test_section
+from .sections import train as train_section
+
+INTRO = ("### Instant LoRA\nTrain a LoRA on your images and use it in the next prompt as `<lora:name:0.8>`. "
+         "Work top to bottom: **1 Dataset**, **2 Model & LoRA**, **3 Train**, **4 Result**.")
+POLL_SECONDS = 1.0
+
+
+def _shown(e: Exception) -> str:
+    """An error as a message where the user looks; one that is not ours also goes to the console
+    with its traceback."""
+    if not isinstance(e, InstantLoraError):
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    return error_message(e)
+
+
+def build_ui(host, job=None):
+    """The whole app as a gr.Blocks. `host` supplies folders, checkpoints and the GPU hand-off."""
+    import gradio as gr
+
+    from ..jobs import current_job
+
+    job = job or current_job()
+    # The parameter count needs SD1.5's skeleton (a few seconds to build): warm it up now.
+    threading.Thread(target=run_handlers.lora_parameter_count, args=(16, "default", True), daemon=True).start()
+    with gr.Blocks(title="Instant LoRA", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO)
+        ctx = BuildContext(host=host, job=job, demo=demo, form=initial_values())
+        ds = dataset_section.build(gr, ctx)
+        md = model_section.build(gr, ctx)
+        tr = train_section.build(gr, ctx)
+        rs = result_section.build(gr, ctx)
+        ts = test_section.build(gr, ctx)
+
+        run = _RunInputs(ctx.host, ds, md, tr)
+        _wire_model(gr, ctx, md, tr, run)
+        _wire_dataset(gr, ctx, ds, md, run)
+        _wire_train(gr, ctx, tr, rs, run)
+        _wire_test(gr, ctx, md, rs, ts)
+    return demo
+
+
+class _RunInputs:
+    """The components a run is made of, how their values become a RunForm, and the live plan."""
+
+    def __init__(self, host, ds, md, tr):
+        self.host = host
+        self.names = list(md.fields)
+        self.components = [ds.folder, md.checkpoint, md.preset, md.overwrite, tr.sample_text, tr.sample_every,
+                           *md.fields.values()]
+        self.plan_inputs = [ds.scan, *self.components]
+        self.plan = md.plan
+
+    def form(self, folder, checkpoint, preset, overwrite, sample_text, sample_every, *values) -> run_handlers.RunForm:
+        return run_handlers.RunForm(fields=dict(zip(self.names, values)), dataset_dir=folder or "", checkpoint=checkpoint,
+                                    preset=preset, overwrite=bool(overwrite), sample_text=sample_text or "",
+                                    sample_every=sample_every)
+
+    def update_plan(self, scan, *values):
+        return run_handlers.live_plan(self.host, self.form(*values), scan)
+
+    def then_update_plan(self, gr, dependency) -> None:
+        dependency.then(self.update_plan, self.plan_inputs, [self.plan], **quiet(gr))
+
+
+def _wire_model(gr, ctx, md, tr, run):
+    host = ctx.host
+    for component in [md.checkpoint, *md.fields.values(), tr.sample_text, tr.sample_every]:
+        component.change(run.update_plan, run.plan_inputs, [md.plan], **quiet(gr))
+    ctx.demo.load(run.update_plan, run.plan_inputs, [md.plan], show_progress="hidden")
+
+    def refresh_models(current):
+        choices, value = run_handlers.checkpoint_choices(host, current)
+        return gr.update(choices=choices, value=value)
+
+    md.refresh.click(refresh_models, [md.checkpoint], [md.checkpoint])
+
+    def apply_preset(name):
+        try:
+            shown, message = run_handlers.preset_form(name, host)
+        except Exception as e:
+            return updates(gr, {}, run.names) + (_shown(e),)
+        return updates(gr, shown, run.names) + (message,)
+
+    # the plan after the fields show the preset: until then they would read as the user's changes
+    run.then_update_plan(gr, md.preset.change(apply_preset, [md.preset], [*md.fields.values(), md.preset_message]))
+
+    def save_preset(name, *values):
+        try:
+            _, message = run_handlers.save_form_preset(name, run.form(*values), host)
+        except Exception as e:
+            return gr.update(), _shown(e)
+        return gr.update(choices=run_handlers.preset_choices(host)), message
+
+    md.save_preset.click(save_preset, [md.preset_name, *run.components], [md.preset, md.preset_message])
+
+
+def _wire_dataset(gr, ctx, ds, md, run):
+    host, job = ctx.host, ctx.job
+    ext, trigger = md.fields["caption_extension"], md.fields["trigger_words"]
+    shown = [ds.gallery, ds.summary, ds.problems, ds.scan, ds.paths]
+    unchanged = (gr.update(),) * len(shown)
+
+    def show_dataset(folder, caption_extension, trigger_words):
+        view = dataset_handlers.dataset_view(folder, caption_extension, trigger_words)
+        return view.gallery, view.summary, view.problems, view.scan, view.paths
+
+    for event in (ds.load.click, ds.folder.submit):
+        run.then_update_plan(gr, event(show_dataset, [ds.folder, ext, trigger], shown))
+
+    def do_upload(files, name, repeats, caption_extension, trigger_words):
+        try:
+            folder, report = dataset_handlers.import_uploads(upload_paths(files), host.data_dir, name, repeats)
+        except Exception as e:
+            return (gr.update(), _shown(e)) + unchanged
+        return (folder, report) + show_dataset(folder, caption_extension, trigger_words)
+
+    # Says what arrived, so nobody clicks "Add to dataset" while the browser is still uploading.
+    ds.uploads.change(lambda files: dataset_handlers.describe_uploads(upload_paths(files)), [ds.uploads], [ds.message])
+    run.then_update_plan(gr, ds.upload.click(do_upload, [ds.uploads, ds.upload_name, ds.upload_repeats, ext, trigger],
+                                             [ds.folder, ds.message, *shown]))
+
+    def select_image(paths, caption_extension, evt: gr.SelectData):
+        if not paths or evt.index is None:
+            return "", "", ""
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        path = paths[index] if 0 <= index < len(paths) else ""
+        try:
+            caption = dataset_handlers.caption_of(path, caption_extension)
+        except Exception as e:
+            caption = f"(cannot read the caption: {e})"
+        return path, Path(path).name if path else "", caption
+
+    ds.gallery.select(select_image, [ds.paths, ext], [ds.selected, ds.selected_name, ds.caption])
+
+    def do_save_caption(path, caption, folder, caption_extension, trigger_words):
+        try:
+            message = dataset_handlers.save_caption(path, caption, folder, caption_extension)
+        except Exception as e:
+            return (_shown(e),) + unchanged
+        return (message,) + show_dataset(folder, caption_extension, trigger_words)
+
+    ds.save_caption.click(do_save_caption, [ds.selected, ds.caption, ds.folder, ext, trigger], [ds.message, *shown])
+
+    def do_caption(folder, mode, model, pretrained, trigger_words, caption_extension, progress_bar=gr.Progress()):
+        def progress(done, total, rate=0.0):
+            progress_bar(done / max(total, 1), desc=f"captioning {done}/{total}")
+
+        try:
+            report = dataset_handlers.auto_caption(host, job, folder, mode, model, pretrained, trigger_words,
+                                                   caption_extension, progress)
+        except Exception as e:
+            return (_shown(e),) + unchanged
+        return (report,) + show_dataset(folder, caption_extension, trigger_words)
+
+    ds.auto_caption.click(do_caption, [ds.folder, ds.caption_mode, ds.clip_model, ds.clip_pretrained, trigger, ext],
+                          [ds.caption_status, *shown])
+
+
+def _wire_train(gr, ctx, tr, rs, run):
+    host, job = ctx.host, ctx.job
+
+    def start(*values):
+        return run_handlers.start_training(job, host, run.form(*values))
+
+    tr.start.click(start, run.components, [tr.message])
+
+    def cancel():
+        return run_handlers.cancel_training(job)
+
+    tr.cancel.click(cancel, None, [tr.message])
+
+    # One timer for the page. Each page keeps what it last got and gets only what changed: the loss
+    # chart and the samples are sent again only when a step or an image was added. The page's record
+    # is changed in place: Gradio 3's `every` calls the function again and again with the inputs it
+    # had at the start, so a new value returned into the State would never reach it.
+    page = gr.State({})
+    outputs = [tr.progress, tr.loss_chart, tr.samples, tr.log, rs.result, rs.tag, page]
+
+    def poll(record=None):
+        values, seen = progress_handlers.poll(job, record.get("seen") if record else None)
+        if record is not None:
+            record["seen"] = seen
+        return updates(gr, values, progress_handlers.POLLED) + (record,)
+
+    every(gr, ctx.demo, poll, [page], outputs, POLL_SECONDS)
+    ctx.demo.load(poll, [page], outputs, show_progress="hidden")  # a page opened later gets the whole state at once
+
+
+def _wire_test(gr, ctx, md, rs, ts):
+    host, job = ctx.host, ctx.job
+
+    def open_test(tag):
+        prompt, run_name = testing.panel_defaults(job, tag)
+        return gr.update(visible=True), prompt, run_name
+
+    rs.open_test.click(open_test, [rs.tag], [ts.panel, ts.prompt, ts.grid_run])
+
+    def do_generate(checkpoint, prompt, seed, *settings):
+        try:
+            image, used = testing.generate_image(job, host, checkpoint, prompt, seed, testing.settings_from(*settings))
+        except Exception as e:  # ours say what to do; anything else (OOM, I/O) is named
+            return None, _shown(e)
+        return image, f"seed {used}"
+
+    ts.generate.click(do_generate, [md.checkpoint, ts.prompt, ts.seed, *ts.settings], [ts.image, ts.message])
+
+    def do_grid(checkpoint, run_name, prompt, weights, seed, *settings):
+        try:
+            grid = testing.generate_grid(job, host, checkpoint, (run_name or "").strip(), prompt, weights, seed,
+                                         testing.settings_from(*settings))
+        except Exception as e:  # ours say what to do; anything else (OOM, I/O) is named
+            return None, None, gr.update(choices=[], value=None), "", _shown(e)
+        return (grid.image, grid, gr.update(choices=testing.cell_labels(grid), value=None), "",
+                f"{len(grid.rows)} x {len(grid.weights)} grid, seed {grid.seed}")
+
+    ts.grid.click(do_grid, [md.checkpoint, ts.grid_run, ts.prompt, ts.grid_weights, ts.seed, *ts.settings],
+                  [ts.grid_image, ts.grid_state, ts.cell, ts.cell_info, ts.grid_message])
+    ts.cell.change(testing.cell_infotext, [ts.grid_state, ts.cell], [ts.cell_info])
+
+    def click_cell(grid, evt: gr.SelectData):
+        label = testing.cell_at(grid, *evt.index) if evt.index is not None else None
+        return gr.update(value=label) if label else gr.update()
+
+    ts.grid_image.select(click_cell, [ts.grid_state], [ts.cell])
+
+    def do_preview(grid, label):
+        try:
+            return testing.choose_cell(grid, label)
+        except Exception as e:  # ours say what to do; anything else (OOM, I/O) is named
+            return _shown(e)
+
+    ts.use_preview.click(do_preview, [ts.grid_state, ts.cell], [ts.grid_message])

@@ -209,7 +209,8 @@ class TrainingJob:
         except Exception as e:  # an unexpected bug: keep the traceback's text where the user looks
             error = error or f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}"
         finally:
-            _release_memory()  # again: after a failure, the exception's frames held the run until here
+            if error:
+                _release_memory()  # again: the exception's frames held the failed run until here
             with self._lock:
                 s = self._snap
                 if self._end_state:

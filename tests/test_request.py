@@ -243,7 +243,7 @@ def test_leftovers_of_a_killed_run_are_cleaned_at_the_next_run(train_set, tmp_pa
     assert (tmp_path / "other.safetensors").read_bytes() == b"someone else's"
 
 
-def test_prepared_run_is_what_the_job_reports(tmp_path, train_set):
+def test_seed_minus_one_is_random_other_negatives_are_refused(tmp_path, train_set):
     host = FakeHost(tmp_path)
     with pytest.raises(RequestError) as e:
         prepare_run(RunRequest(front="app", values={"train_data_dir": str(train_set), "output_name": "n", "seed": -5}), host)

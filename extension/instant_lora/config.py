@@ -195,10 +195,13 @@ class TrainConfig:
                 problems.append(("resolution", f"{w}x{h} must be multiples of 64 between 64 and 2048 (512,512 for SD1.5)"))
         except InstantLoraError as e:
             problems.append(("resolution", e.message))
-        if not (1 <= self.rank <= 1024):
-            problems.append(("network_dim", f"= {self.rank} must be 1-1024; 16-32 suits most subjects"))
-        if self.network_alpha <= 0:
-            problems.append(("network_alpha", f"= {self.network_alpha} must be > 0 (often rank or rank/2)"))
+        # Types and ranges: one table (config_values.LIMITS) for every front end and for this check.
+        from .config_values import coerce_value
+
+        for name in FIELDS:
+            _, problem = coerce_value(name, getattr(self, name))
+            if problem:
+                problems.append((name, problem))
         if self.network_module not in ("networks.lora", "lora"):
             problems.append(("network_module", f"'{self.network_module}' is not supported; use networks.lora"))
         try:
@@ -212,23 +215,6 @@ class TrainConfig:
             problems.append(("network_args", e.message))
         if self.optimizer_type.lower() not in {o.lower() for o in OPTIMIZERS}:
             problems.append(("optimizer_type", f"'{self.optimizer_type}' is not supported; choose one of {', '.join(OPTIMIZERS)}"))
-        for name in ("learning_rate", "unet_lr", "text_encoder_lr"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                problems.append((name, f"= {v} must be >= 0"))
-        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps"):
-            if getattr(self, name) < 1:
-                problems.append((name, f"= {getattr(self, name)} must be at least 1"))
-        for name in ("max_train_epochs", "save_every_n_epochs", "save_every_n_steps", "clip_skip"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                problems.append((name, f"= {v} must be at least 1"))
-        if self.clip_skip is not None and self.clip_skip > 12:
-            problems.append(("clip_skip", f"= {self.clip_skip}: SD1.x's text encoder has 12 layers (use 1 or 2)"))
-        if self.lr_warmup_steps < 0:
-            problems.append(("lr_warmup_steps", "must be >= 0"))
-        if self.network_dropout is not None and not (0 <= self.network_dropout < 1):
-            problems.append(("network_dropout", "must be in [0, 1)"))
         for name, choices in (("mixed_precision", PRECISIONS), ("lr_scheduler", SCHEDULERS)):
             if getattr(self, name) not in choices:
                 problems.append((name, f"'{getattr(self, name)}' must be one of {', '.join(choices)}"))
@@ -240,8 +226,6 @@ class TrainConfig:
         if (self.sample_every_n_steps or self.sample_every_n_epochs or self.sample_at_first) and not (
                 self.sample_prompts or self.sample_prompt_text):
             problems.append(("sample_prompts", "are needed to render samples (one prompt per line)"))
-        if self.sample_every_n_steps is not None and self.sample_every_n_steps < 1:
-            problems.append(("sample_every_n_steps", "must be at least 1"))
         if self.output_name is not None:
             name_issue = name_problem(self.output_name)
             if name_issue:

@@ -38,6 +38,10 @@ LIMITS = {
     "max_data_loader_n_workers": (0, 256),
     "config_version": (1, 1000),
 }
+# What to pick, said after an out-of-range value of these fields.
+ADVICE = {"network_dim": "16-32 suits most subjects", "network_alpha": "often the rank or half of it",
+          "clip_skip": "SD1.x's text encoder has 12 layers; use 1, or 2 for anime-style models",
+          "learning_rate": "1e-4 suits most LoRAs", "seed": "-1 draws a random one"}
 MAX_TEXT = 4096  # characters in one text field (sample prompts: MAX_PROMPT_TEXT)
 MAX_PROMPT_TEXT = 64 * 1024
 MAX_LIST_ITEMS = 64
@@ -71,7 +75,9 @@ def coerce_value(name: str, value):
             value = float(value)
         low, high = LIMITS.get(name, (None, None))
         if (low is not None and value < low) or (high is not None and value > high):
-            return None, f"= {_fmt(value) if abs(value) < 1e15 else f'{value:.3g}'} is out of range: allowed {_fmt(low)} to {_fmt(high)}"
+            advice = f" ({ADVICE[name]})" if name in ADVICE else ""
+            return None, (f"= {_fmt(value) if abs(value) < 1e15 else f'{value:.3g}'} is out of range: "
+                          f"allowed {_fmt(low)} to {_fmt(high)}{advice}")
         return value, None
     if kind is list:
         items = value if isinstance(value, (list, tuple)) else str(value).split() if isinstance(value, str) else None

@@ -115,11 +115,6 @@ class TrainingJob:
             return True
 
     @property
-    def control(self) -> TrainControl | None:
-        """The running job's control: every way of stopping goes through it."""
-        return self._control
-
-    @property
     def cancel_requested(self) -> bool:
         """True once a stop was requested for the current run (also before its first step)."""
         control = self._control

@@ -71,7 +71,6 @@ class PreparedRun:
     config: TrainConfig
     plan: object  # train.plan.TrainPlan
     scan: object  # dataset.DatasetScan
-    front: str = "config"
 
     @property
     def name(self) -> str:
@@ -184,6 +183,8 @@ def _check_folders(config: TrainConfig, problems: list) -> None:
 
 
 def _sample_prompts(config: TrainConfig, problems: list) -> tuple:
+    """The prompts to render (text from the app or REST, a file from the command line). Prompts
+    without a schedule render nothing; a schedule without prompts is refused by TrainConfig.validate."""
     from .train.sampling import parse_prompt_text, read_prompt_file, sampler_name
 
     prompts: list = []
@@ -196,11 +197,6 @@ def _sample_prompts(config: TrainConfig, problems: list) -> tuple:
             sampler_name(config.sample_sampler)
     except InstantLoraError as e:
         problems.append(("sample_prompts", e.message))
-    wants = config.sample_every_n_steps or config.sample_every_n_epochs or config.sample_at_first
-    if prompts and not wants and config.sample_prompt_text:
-        pass  # prompts without a schedule: nothing renders (the UI's "every N steps" is 0)
-    elif wants and not prompts and not (config.sample_prompts or config.sample_prompt_text):
-        problems.append(("sample_prompts", "are needed to render samples (one prompt per line)"))
     return tuple(prompts)
 
 
@@ -270,7 +266,7 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
                      explicit=request.explicit, seed=seed, reference_warnings=request.front == "cli",
                      output_dir=str(output_dir), logging_dir=config.logging_dir or str(Path(output_dir) / "logs"),
                      run_name=run_name, sample_prompts=prompts)
-    return PreparedRun(config=config, plan=plan, scan=scan, front=request.front)
+    return PreparedRun(config=config, plan=plan, scan=scan)
 
 
 def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[tuple[str, str]]]:

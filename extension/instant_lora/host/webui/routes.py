@@ -53,8 +53,6 @@ def prepare(host, payload):
     if not isinstance(overwrite, bool):
         raise ApiError(422, "overwrite must be true or false (a JSON boolean)")
     checkpoint, preset = values.pop("checkpoint", None), values.pop("preset", None)
-    if not values.get("output_name"):
-        raise ApiError(422, "output_name is required: the LoRA's file name, e.g. my_style")
     try:
         return prepare_run(RunRequest(front="api", values=values, preset=preset, checkpoint=checkpoint, overwrite=overwrite),
                            host)

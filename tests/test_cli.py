@@ -97,12 +97,6 @@ def test_user_errors_are_one_message_not_a_traceback(tmp_path, tiny_model_dir):
     assert r.returncode == 2 and "--output_name" in r.stderr
 
 
-def test_selftest_passes():
-    r = run_app("selftest")
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert r.stdout.strip().splitlines()[-1].startswith("PASS")
-
-
 def test_help_lists_the_commands():
     r = run_app("--help")
     assert r.returncode == 0 and "train" in r.stdout and "selftest" in r.stdout

@@ -117,7 +117,8 @@ def test_what_the_user_changes_is_sent_and_cleared_numbers_mean_off(host):
 
 def test_a_preset_fills_the_form_and_what_it_sets_is_not_sent_again(host):
     shown, message = actions.preset_form("Quick test", host)
-    assert "Quick test" in message and shown["network_dim"] == 8 and shown["max_train_epochs"] == 2
+    assert "Quick test" in message and shown["network_dim"] == 8 and shown["max_train_steps"] == 200
+    assert shown["max_train_epochs"] == 0  # Epochs empty: a fixed number of steps
     assert "output_name" not in shown  # the user's name stays
     request = actions.run_request(actions.RunForm(fields={**actions.initial_values(), **shown}, preset="Quick test"), host)
     assert request.values == {"output_name": "my_lora"} and request.preset == "Quick test"
@@ -143,16 +144,36 @@ def test_start_lists_every_bad_setting_by_its_label(host, three_images):
     job = RecordingJob()
     message = actions.start_training(job, host, form(host, three_images, learning_rate=-1, resolution="100",
                                                      output_name="../escape"))
-    assert "Cannot start" in message and not job.started
+    assert message.startswith("**Training did not start. Fix these settings:**") and not job.started
     for label, name in (("Learning rate", "learning_rate"), ("Resolution", "resolution"), ("Output name", "output_name")):
         assert f"**{label}** (`{name}`)" in message, message
     host.lora_dir.mkdir()
     (host.lora_dir / "taken.safetensors").write_bytes(b"")
-    assert "already exists" in actions.start_training(job, host, form(host, three_images, output_name="taken"))
+    message = actions.start_training(job, host, form(host, three_images, output_name="taken"))
+    assert message.startswith("**Training did not start") and "already exists" in message
+    message = actions.start_training(job, host, form(host, three_images.parent / "nowhere"))
+    assert message.startswith("**Training did not start") and "**Dataset folder**" in message, message
     replace = actions.RunForm(**{**form(host, three_images, output_name="taken").__dict__, "overwrite": True})
     assert actions.start_training(job, host, replace).startswith("Started")
     job.snap = JobSnapshot(state="running", name="taken", step=3, total=40)
-    assert "already running" in actions.start_training(job, host, form(host, three_images))
+    message = actions.start_training(job, host, form(host, three_images))
+    assert message.startswith("**Training did not start:** a training is already running ('taken' at step 3/40)")
+
+
+def test_a_start_the_job_refuses_says_it_did_not_start(host, three_images):
+    class Refusing(RecordingJob):
+        def __init__(self, error):
+            super().__init__()
+            self.error = error
+
+        def start(self, prepared, *, host=None):
+            raise self.error
+
+    busy = Refusing(InstantLoraError("the GPU is busy: captioning is running", hint="wait for it to finish"))
+    message = actions.start_training(busy, host, form(host, three_images))
+    assert message == "**Training did not start:** the GPU is busy: captioning is running\n\nwait for it to finish"
+    message = actions.start_training(Refusing(OSError("disk full")), host, form(host, three_images))
+    assert message == "**Training did not start:** unexpected error OSError: disk full"
 
 
 # ---- the live plan is the run's plan -----------------------------------------------------------------
@@ -188,6 +209,21 @@ def test_live_plan_counts_a_save_once_when_step_and_epoch_saves_coincide(host, t
 def test_live_plan_names_what_to_fix_and_needs_no_dataset(host):
     shown = actions.live_plan(host, form(host, network_alpha=-2), None)
     assert "Load a dataset" in shown and "**Alpha** (`network_alpha`)" in shown
+
+
+def test_live_plan_names_the_preset_and_says_when_the_form_left_it(host, three_images):
+    from instant_lora.dataset import scan_dataset
+
+    scan = scan_dataset(three_images)
+    assert actions.live_plan(host, form(host, three_images), scan).startswith("no preset: the app's defaults\n")
+    shown, _ = actions.preset_form("Balanced", host)
+    balanced = actions.RunForm(fields={**actions.initial_values(), **shown}, dataset_dir=str(three_images), preset="Balanced",
+                               checkpoint=host.default_checkpoint())
+    plan = actions.live_plan(host, balanced, scan)
+    assert plan.startswith("preset: **Balanced**\n") and "modified" not in plan
+    assert "time: **about" in plan  # the estimate, wherever this runs
+    changed = actions.RunForm(**{**balanced.__dict__, "fields": {**balanced.fields, "network_dim": 32, "output_name": "x"}})
+    assert actions.live_plan(host, changed, scan).startswith("preset: **Balanced (modified)**; changed: Rank\n")
 
 
 # ---- polling sends only what changed --------------------------------------------------------------------

@@ -141,7 +141,7 @@ def test_cards_refresh_send_to_txt2img_and_a_grid_cell_to_txt2img(webui_page, mo
             page.wait_for_selector("#il_progress .il-progress")
             # the settings' defaults reach the tab: the preset (and through it the form) and the samples
             page.wait_for_function("() => document.querySelector('#il_network_dim input')?.value === '8'")
-            assert _text(page, "il_max_train_epochs") == "2"
+            assert _text(page, "il_max_train_epochs") in ("", "0")  # the Quick test counts steps, not epochs
             page.wait_for_function("() => document.querySelector('#il_sample_prompts textarea')?.value === 'a photo of shpz'")
             assert _text(page, "il_sample_every") == "50"
             page.wait_for_timeout(1500)  # the page's first polls: an idle job

@@ -53,6 +53,10 @@ def _value(update):
     return update.get("value") if isinstance(update, dict) else getattr(update, "value", update)
 
 
+def _visible(update):
+    return update.get("visible") if isinstance(update, dict) else getattr(update, "visible", None)
+
+
 def _tab():
     from instant_lora.host import webui as webui_host
 
@@ -131,11 +135,13 @@ def test_tab_renders_inside_the_webuis_tabs(w):
 
 def test_refresh_lists_a_new_checkpoint(w):
     demo, _ = _tab()
-    (refresh, _), = _handlers(demo)["refresh_models"]
+    (refresh, _), (on_load, _) = _handlers(demo)["refresh_models"]  # Refresh, and every page load
+    assert refresh is on_load
     (w.models / "Stable-diffusion" / "fresh.safetensors").write_bytes(b"\0")
-    update = refresh("sd15/dreamy.ckpt")
+    update, message, download = refresh("sd15/dreamy.ckpt")
     assert "fresh.safetensors" in str(update["choices"] if isinstance(update, dict) else update.choices)
     assert _value(update) == "sd15/dreamy.ckpt"
+    assert message == "" and _visible(download) is False  # the WebUI lists its own checkpoints: nothing to download
 
 
 def test_settings_section_and_its_defaults_on_the_tab(w):

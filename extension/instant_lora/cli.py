@@ -11,6 +11,11 @@ import sys
 
 from .errors import InstantLoraError
 
+# A command line stopped by its user (Ctrl-C, also before the first step) exits 130 = 128 + SIGINT,
+# the shell's own status for "interrupted": scripts and CI tell it from success (0) and from a
+# failure (2: a message; 1: a bug) without learning a status of ours.
+EXIT_CANCELLED = 130
+
 APP_HELP = """Instant LoRA - train SD1.x LoRAs that work in the WebUI as <lora:name:0.8>.
 
   python standalone_app.py [--port N] [--listen] [--share] [--auth user:pass] [--models-dir D] [--lora-dir D]
@@ -20,12 +25,17 @@ commands:
   caption    caption a folder of images with CLIP interrogation (see `caption --help`)
   generate   render a prompt with <lora:name:w> tags, or a weight x epoch grid of a run (see `generate --help`)
   selftest   build a tiny model, train a few steps, check the saved LoRA works (under 2 min on a CPU)
+  models     list the SD checkpoints found here (models folder, WebUI, A1111 / Forge / ComfyUI installs) and their source
+  download-model NAME [--models-dir D] [--webui-dir D]
+             download a base model (sd15: SD1.5, 4.3 GB) into the models folder; resumable, checked by sha256
 """
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .kohya_flags import parse_train_values
-    from .request import RequestError, RunRequest, prepare_run
+    """Exit status: 0 trained and saved, 2 invalid settings or a failed run (one message),
+    EXIT_CANCELLED (130) stopped with Ctrl-C, 1 an unexpected error (a traceback)."""
+    from .kohya_flags import parse_train_command
+    from .request import RequestError, RunRequest, prepare_run, validate_request
     from .train.events import ConsoleSink, TrainControl
     from .train.loop import run_prepared
 
@@ -34,12 +44,21 @@ def cmd_train(argv: list[str]) -> int:
 
         build_parser().print_help()
         return 0
-    values, explicit, source = parse_train_values(argv)
+    flags = parse_train_command(argv)
+    request = RunRequest(front="cli", values=flags.values, explicit=frozenset(flags.explicit), overwrite=flags.overwrite,
+                         find_model=True)  # a bare model name: looked up among the checkpoints found here
     try:  # validated before torch or diffusers load: a bad value costs a fraction of a second
-        prepared = prepare_run(RunRequest(front="cli", values=values, explicit=frozenset(explicit)))
+        if flags.problems:  # the flags' own problems and the values' problems, in one message
+            try:
+                validate_request(request)
+            except RequestError as e:
+                named = {k for k, _ in flags.problems if k}
+                flags.problems += [p for p in e.problems if p[0] not in named]
+            flags.raise_problems()
+        prepared = prepare_run(request)
     except RequestError as e:
-        lines = "\n".join(f"  --{k} {m}" if k else f"  {m}" for k, m in e.problems)
-        raise InstantLoraError(f"Invalid training settings ({source}):\n{lines}") from None
+        flags.problems += e.problems
+        flags.raise_problems()
     control = TrainControl()
 
     def on_sigint(signum, frame):
@@ -56,7 +75,7 @@ def cmd_train(argv: list[str]) -> int:
         signal.signal(signal.SIGINT, previous)
     if result.path:
         print(result.path)
-    return 130 if result.cancelled else 0
+    return EXIT_CANCELLED if result.cancelled else 0
 
 
 def cmd_caption(argv: list[str]) -> int:
@@ -81,7 +100,20 @@ def cmd_selftest(argv: list[str]) -> int:
     return 0 if run_selftest(verbose="--quiet" not in argv) else 1
 
 
-COMMANDS = {"train": cmd_train, "caption": cmd_caption, "generate": cmd_generate, "selftest": cmd_selftest}
+def cmd_models(argv: list[str]) -> int:
+    from .model_sources import run_models_command
+
+    return run_models_command(argv)
+
+
+def cmd_download_model(argv: list[str]) -> int:
+    from .model_download import run_download_command
+
+    return run_download_command(argv)
+
+
+COMMANDS = {"train": cmd_train, "caption": cmd_caption, "generate": cmd_generate, "selftest": cmd_selftest,
+            "models": cmd_models, "download-model": cmd_download_model}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         from .app import run_app
 
-        return run_app(argv)
+        return run_command(run_app, argv)
     if argv[0] in ("-h", "--help", "help"):
         print(APP_HELP)
         return 0
@@ -101,13 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command '{argv[0]}'" + (f" (did you mean '{close[0]}'?)" if close else ""), file=sys.stderr)
         print(APP_HELP, file=sys.stderr)
         return 2
+    return run_command(command, argv[1:])
+
+
+def run_command(command, argv: list[str]) -> int:
+    """A command's exit status; a user error is one message (exit 2), Ctrl-C is EXIT_CANCELLED."""
     try:
-        return command(argv[1:])
+        return command(argv)
     except InstantLoraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_CANCELLED
     finally:
         sys.stdout.flush()

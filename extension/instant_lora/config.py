@@ -88,7 +88,7 @@ class TrainConfig:
     lora_dir: Optional[str] = opt(None, "The WebUI's Lora folder, used when --output_dir is not given.", group="output", kohya=False)
     webui_dir: Optional[str] = opt(None, "A WebUI install whose models/Lora receives the file (also $INSTANT_LORA_WEBUI_DIR).", group="output", kohya=False)
     save_model_as: str = opt("safetensors", "File format; only safetensors (pickle formats are unsafe to share).", group="output", choices=("safetensors",))
-    save_precision: Optional[str] = opt(None, "Precision of the saved file: float (fp32), fp16 (half the size) or bf16.", group="output", choices=("float", "fp16", "bf16"))
+    save_precision: Optional[str] = opt(None, "Precision of the saved file: float (fp32), fp16 (half the size) or bf16; float when not set.", group="output", choices=("float", "fp16", "bf16"))
     save_every_n_epochs: Optional[int] = opt(None, "Also save name-EEEEEE.safetensors every N epochs.", group="output")
     save_every_n_steps: Optional[int] = opt(None, "Also save name-stepSSSSSSSS.safetensors every N steps.", group="output")
     save_state: bool = opt(False, "Write a resumable training state (LoRA, optimizer, scheduler, RNG, step) with each save.", group="output")

@@ -40,7 +40,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
     m = parser.add_argument_group("model and LoRAs")
     m.add_argument("--pretrained_model_name_or_path", required=True, metavar="MODEL",
-                   help="SD1.x checkpoint (.safetensors/.ckpt) or diffusers folder: the base model the LoRA was trained on")
+                   help="SD1.x checkpoint (.safetensors/.ckpt), diffusers folder, or the name of one `models` lists: the base model the LoRA was trained on")
     m.add_argument("--model_config_dir", default=None, help="diffusers config folder for a non-SD1.5 single-file checkpoint")
     m.add_argument("--lora_dir", default=None,
                    help="folder of LoRA files the tags name (default: the WebUI's models/Lora when found, else ./output)")
@@ -132,6 +132,9 @@ def _generate(args) -> Path:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise InstantLoraError(f"--out {out}: the output is a PNG (the settings go in its text chunk).", hint="use a .png name")
+    from .model_sources import resolve_model_name
+
+    args.pretrained_model_name_or_path = resolve_model_name(args.pretrained_model_name_or_path, webui_dir=args.webui_dir)  # a bare name, as `train`
     seed = args.seed if args.seed >= 0 else random.randint(0, 2**32 - 1)
     device, dtype = pick_device(args.device, args.precision)
     print(f"loading {args.pretrained_model_name_or_path} ({device}, {str(dtype).replace('torch.', '')}) ...", file=sys.stderr)

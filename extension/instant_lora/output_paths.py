@@ -50,6 +50,52 @@ def resolve_output_dir(output_dir: str | None, lora_dir: str | None = None, webu
     return Path("output"), "default (no WebUI found; pass --lora_dir or --webui_dir to save into the WebUI)"
 
 
+def is_webui_lora_folder(folder: Path, why: str = "", lora_dir: str | None = None) -> bool:
+    """Whether `folder` (from resolve_output_dir, `why` its reason) is a WebUI's Lora folder: named
+    by --lora_dir, found through --webui_dir / $INSTANT_LORA_WEBUI_DIR / the install, or an
+    --output_dir that is some WebUI's models/Lora."""
+    if why == "--lora_dir" or why.startswith("the WebUI at"):
+        return True
+    folder = Path(folder).expanduser().resolve()
+    if lora_dir and folder == Path(lora_dir).expanduser().resolve():
+        return True
+    return folder.name.lower() == "lora" and folder.parent.name.lower() == "models" and is_webui_root(folder.parent.parent)
+
+
+def replace_check(folder: Path, name: str, *, overwrite: bool, webui_lora: bool, named: bool = True) -> tuple[str | None, str | None]:
+    """(refusal, warning) for a command-line run about to write `folder/name.safetensors`.
+
+    The WebUI's Lora folder is shared with everything the user has: an existing file there is never
+    replaced without --overwrite. In a folder of the user's own the reference trainer replaces it;
+    so does this one, saying so once."""
+    target = Path(folder) / f"{name}.safetensors"
+    if not target.exists():
+        return None, None
+    if webui_lora and not overwrite:
+        which = "choose another --output_name" if named else f"pass --output_name=NAME (the default name is '{name}')"
+        return (f"{target.name} already exists in {folder} (the WebUI's Lora folder): {which}, "
+                f"or add --overwrite to replace it"), None
+    if overwrite:
+        return None, None
+    return None, (f"{target} exists and will be replaced by this run (as the reference trainer does); "
+                  f"pass another --output_name to keep it")
+
+
+def remove_stale_state(folder: Path, stem: str, keep: str | None = None) -> Path | None:
+    """Remove `folder/stem-state` (an earlier run's resumable state) unless it is `keep`, the state
+    this run resumed from. The removed folder's path, or None; OSError when it cannot be removed."""
+    state = Path(folder) / f"{stem}-state"
+    if not state.is_dir():
+        return None
+    if keep and Path(keep).expanduser().resolve() == state.resolve():
+        return None
+    if state.is_symlink():
+        state.unlink()
+    else:
+        shutil.rmtree(state)
+    return state
+
+
 def file_in(folder: Path, stem: str, suffix: str) -> Path:
     """folder/stem+suffix, refusing any stem that would land outside folder."""
     path = (folder / f"{stem}{suffix}")

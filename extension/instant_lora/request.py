@@ -64,6 +64,7 @@ class RunRequest:
     checkpoint: str | None = None  # a label of the host's checkpoint list
     overwrite: bool = False  # replace an existing LoRA of that name (app and REST)
     explicit: frozenset = frozenset()  # command line: the flags the user gave (for the reference's warnings)
+    find_model: bool = False  # command line: a bare model name is looked up among the checkpoints found (model_sources)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,19 @@ def _host_owned(request: RunRequest, host, values: dict, problems: list) -> None
         problems.append(("caption_clip_model", "must be an open_clip model name such as ViT-L-14 (no paths)"))
 
 
+def _find_model(values: dict, problems: list) -> None:
+    """--pretrained_model_name_or_path given as a bare name ('v1-5-pruned-emaonly') -> the path of
+    that checkpoint among those found on this machine; a path or a hub id stays as it is."""
+    from .model_sources import resolve_model_name
+
+    name = values.get("pretrained_model_name_or_path")
+    if isinstance(name, str) and name:
+        try:
+            values["pretrained_model_name_or_path"] = resolve_model_name(name, webui_dir=values.get("webui_dir"))
+        except InstantLoraError as e:
+            problems.append(("pretrained_model_name_or_path", f"{e.message}; {e.hint}"))
+
+
 def _check_names(config: TrainConfig, request: RunRequest, problems: list) -> None:
     from .config import name_problem
 
@@ -216,6 +230,8 @@ def validate_request(request: RunRequest, host=None) -> TrainConfig:
     """The config for a request, or RequestError listing every problem. No torch, no dataset scan."""
     values, problems = _layer(request, host)
     _host_owned(request, host, values, problems)
+    if request.find_model:
+        _find_model(values, problems)
     try:
         config = TrainConfig(**values)
     except TypeError as e:  # cannot happen for coerced values; a bug if it does
@@ -252,9 +268,18 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
         conflict = output_conflict(Path(config.output_dir), config.output_name)
         if conflict:
             raise RequestError([("output_name", conflict)], status=409)
+    output_dir, why = resolve_output_dir(config.output_dir, config.lora_dir, config.webui_dir)
+    replace_warning = None
+    if request.front == "cli":  # never replaces a LoRA in the WebUI's Lora folder without --overwrite
+        from .output_paths import is_webui_lora_folder, replace_check
+
+        refusal, replace_warning = replace_check(output_dir, config.output_name or "last", overwrite=request.overwrite,
+                                                 webui_lora=is_webui_lora_folder(output_dir, why, config.lora_dir),
+                                                 named=bool(config.output_name))
+        if refusal:
+            raise RequestError([("output_name", refusal)], status=409)
     if scan is None:
         scan = scan_dataset(config.train_data_dir, config.caption_extension)
-    output_dir, _why = resolve_output_dir(config.output_dir, config.lora_dir, config.webui_dir)
     if check_output:
         from .output_paths import check_writable
 
@@ -266,6 +291,10 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
                      explicit=request.explicit, seed=seed, reference_warnings=request.front == "cli",
                      output_dir=str(output_dir), logging_dir=config.logging_dir or str(Path(output_dir) / "logs"),
                      run_name=run_name, sample_prompts=prompts)
+    if replace_warning:
+        from dataclasses import replace
+
+        plan = replace(plan, warnings=(*plan.warnings, replace_warning))
     return PreparedRun(config=config, plan=plan, scan=scan)
 
 

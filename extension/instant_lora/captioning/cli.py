@@ -20,7 +20,9 @@ Caption the images of a training folder (the folder itself and its N_name subfol
 interrogation: each image gets '<trigger>, <best labels per category>' in <image stem>.txt.
 Existing captions are kept unless --overwrite/--append. The CLIP weights are looked for on disk
 first (open_clip/HF caches, ~/.cache/clip, the WebUI's models folders, --clip_search_dir); a
-download happens only when they are absent and --offline is not set.
+download happens only when they are absent and --offline is not set: once, into the HF cache
+(ViT-L-14/openai: 1.71 GB), announced with its size. Without a network it stops within seconds
+and says which file to put where.
 With --lint, nothing is captioned: the captions are checked (empty, duplicate, missing trigger,
 a tag in nearly every caption, over 75 tokens) and --fix repairs what can be repaired.
 Exit status: 0 ok; 1 lint found issues left to fix; 2 error."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
 from ..errors import InstantLoraError
-from .options import CaptionOptions
+from .options import CaptionOptions, Wording
 from .weights import WeightsPlan, plan_weights, read_state_dict
 
 # Keys open_clip versions add or drop between releases; harmless when missing or extra.
@@ -40,7 +40,7 @@ _loaded: Optional[LoadedClip] = None
 _lock = threading.RLock()
 
 
-def resolve_device(name: str):
+def resolve_device(name: str, words: Optional[Wording] = None):
     import torch
 
     if name == "auto":
@@ -49,8 +49,10 @@ def resolve_device(name: str):
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
+        words = words or CaptionOptions().words()
+        use = words.set("device", "cpu (slow: about 2 s per image for ViT-L-14) or auto")
         raise InstantLoraError(f"device = {name} but this torch build sees no CUDA GPU.",
-                               hint="Use --device cpu (slow: about 2 s per image for ViT-L-14), or auto.")
+                               hint=(use[:1].upper() + use[1:] + ".") if use else None)
     return torch.device(name)
 
 
@@ -86,7 +88,7 @@ def weights_identity(arch: str, quick_gelu: bool, state: dict) -> str:
     return h.hexdigest()[:24]
 
 
-def _load_into(model, sd: dict, plan: WeightsPlan) -> None:
+def _load_into(model, sd: dict, plan: WeightsPlan, words: Optional[Wording] = None) -> None:
     own = model.state_dict()
     sd = dict(sd)
     # OpenAI archives store logit_scale as 0-d, some open_clip versions as [1]: same value.
@@ -99,9 +101,11 @@ def _load_into(model, sd: dict, plan: WeightsPlan) -> None:
         detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                            for label, keys in (("wrong shape", bad_shapes), ("missing", missing),
                                                ("unexpected", unexpected)) if keys)
+        words = words or CaptionOptions().words()
+        names = "/".join(n for n in (words.name("clip_model"), words.name("clip_arch")) if n)
         raise InstantLoraError(
             f"CLIP weights {plan.source} do not fit architecture {plan.arch} ({detail}).", path=plan.weights,
-            hint="Pick the matching --clip_model/--clip_arch, or use an open_clip-format checkpoint.")
+            hint=f"Pick the matching {names}, or use an open_clip-format checkpoint.")
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 
@@ -109,7 +113,7 @@ def _build(plan: WeightsPlan, options: CaptionOptions, key: tuple) -> LoadedClip
     import open_clip
     import torch
 
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, options.words())
     with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
         # Random weights (speed tests) are seeded, so their identity, and so the cache, is stable.
         torch.manual_seed(0)
@@ -118,7 +122,7 @@ def _build(plan: WeightsPlan, options: CaptionOptions, key: tuple) -> LoadedClip
     if plan.weights:
         sd = plan.state_dict if plan.state_dict is not None else read_state_dict(plan.weights)[0]
         plan.state_dict = None  # do not keep a second copy of the weights alive
-        _load_into(model, sd, plan)
+        _load_into(model, sd, plan, options.words())
         del sd
     model.eval().requires_grad_(False)
     identity = weights_identity(plan.arch, plan.quick_gelu, model.state_dict())

@@ -1,6 +1,8 @@
 """What the captioner is told to do: one dataclass, each field with its one-line help.
 
-The help strings are the single source for the UI's tooltips and the CLI's --help.
+The help strings are the single source for the UI's tooltips and the CLI's --help. `Wording` says
+how a front end's user sets those options (flags on the command line, fields in the app), so a
+message that says what to do names what that user actually sees.
 """
 
 from __future__ import annotations
@@ -13,6 +15,39 @@ from ..errors import InstantLoraError
 MODES = ("fill", "overwrite", "append")
 DEVICES = ("auto", "cuda", "cpu", "mps")
 QUICK_GELU = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How one front end names the captioning options in messages that say what to do.
+
+    `names` maps option names (clip_model, clip_pretrained, clip_arch, search_dirs, device,
+    offline) to what the user sees there: a flag, or a field's label. An option the front end
+    does not offer is left out, and messages then do not suggest it.
+    """
+    names: Dict[str, str]
+    fields: bool = False                 # names are form fields ("enter X in ..."), not flags ("pass ... X")
+    retry: str = "run the command again"
+    line_break: str = "\n     "         # between the hint's sentences (under "  -> " on a terminal)
+
+    def name(self, option: str) -> str:
+        return self.names.get(option, "")
+
+    def set(self, option: str, value: str, in_words: str = "") -> str:
+        """'pass --clip_model VALUE', or 'enter IN_WORDS in the "CLIP model" field' (IN_WORDS defaults
+        to VALUE); '' when this front end has no such option."""
+        name = self.name(option)
+        if not name:
+            return ""
+        return f"enter {in_words or value} in {name}" if self.fields else f"pass {name} {value}"
+
+
+# `caption DIR ...`
+CLI_WORDING = Wording({"clip_model": "--clip_model", "clip_pretrained": "--clip_pretrained", "clip_arch": "--clip_arch",
+                       "search_dirs": "--clip_search_dir", "device": "--device", "offline": "--offline"})
+# `train --auto_caption ...`: the same settings under the trainer's flag names
+TRAIN_CLI_WORDING = Wording({"clip_model": "--caption_clip_model", "clip_pretrained": "--caption_clip_pretrained"},
+                            retry="start the training again")
 
 
 def _opt(default, help, **extra):
@@ -68,6 +103,12 @@ class CaptionOptions:
     offline: bool = _opt(False, "never download weights (also on when HF_HUB_OFFLINE=1)")
     keep_model_loaded: bool = _opt(False, "keep CLIP in memory after captioning (faster reruns, holds VRAM)")
     workers: int = _opt(2, "threads that decode images while the model runs")
+    wording: Optional[Wording] = _opt(
+        None, "how messages name these options for the front end that asks (default: the caption command's flags)",
+        cli=False)
+
+    def words(self) -> Wording:
+        return self.wording or CLI_WORDING
 
     def validate(self) -> None:
         """Raise one InstantLoraError naming every bad value at once."""

@@ -14,6 +14,8 @@ class Host:
     models_dir: Path  # where checkpoints are listed from (shown to the user)
     lora_dir: Path  # where LoRA files go: host-owned, a request cannot move it
     data_dir: Path  # uploads, presets, logs, grids
+    # whether the UI offers to download a base model into models_dir (the WebUI lists its own)
+    can_download_models = False
 
     # ---- checkpoints
     def list_checkpoints(self) -> list[str]:

@@ -2,53 +2,63 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from .. import model_sources
 from ..models import SINGLE_FILE_SUFFIXES
 from ..output_paths import find_webui_root
 from . import gpu
 from .base import Host
 
-MODEL_SUFFIXES = (".safetensors", ".ckpt")
+MODEL_SUFFIXES = model_sources.MODEL_SUFFIXES
 
 
 class StandaloneHost(Host):
     """Plain folders (or a WebUI's, when one is named or found), diffusers for the Test panel."""
 
     name = "standalone"
+    can_download_models = True
 
     def __init__(self, models_dir: str | Path | None = None, lora_dir: str | Path | None = None,
-                 data_dir: str | Path | None = None, webui_dir: str | None = None):
+                 data_dir: str | Path | None = None, webui_dir: str | None = None, *,
+                 search_home: str | Path | None = None, search_near: list | None = None):
         root = find_webui_root(webui_dir)
         self.webui_root = root
-        self.models_dir = Path(models_dir) if models_dir else (root / "models" / "Stable-diffusion" if root else Path("models"))
+        self.models_dir = model_sources.default_models_dir(models_dir, root)
+        # where else checkpoints are looked for (model_sources.search_places): the home folder and
+        # the folders whose neighbours are searched; None = the user's home, the working folder, the repo
+        self._search = {"home": search_home, "near": search_near}
         self.lora_dir = Path(lora_dir) if lora_dir else (root / "models" / "Lora" if root else Path("output"))
         self.data_dir = Path(data_dir) if data_dir else Path("instant_lora_data")
 
     # ---- checkpoints -----------------------------------------------------------------------
+    def search_places(self) -> list:
+        """The folders searched for checkpoints, the models folder first (model_sources.Place)."""
+        return model_sources.search_places(self.models_dir, webui_root=self.webui_root, **self._search)
+
+    def found_checkpoints(self) -> list:
+        """The checkpoints of every search place (model_sources.FoundModel), the models folder's first."""
+        return model_sources.find_checkpoints(places=self.search_places())
+
     def list_checkpoints(self) -> list[str]:
-        """Labels for the base-model dropdown: paths relative to the models folder."""
-        if not self.models_dir.is_dir():
-            return []
-        found = []
-        for folder, dirs, files in os.walk(self.models_dir, followlinks=False):
-            here = Path(folder)
-            if (here / "model_index.json").is_file() and here != self.models_dir:
-                found.append(here)  # a diffusers folder: one entry, never its component files
-                dirs[:] = []
-                continue
-            dirs.sort()
-            found += [here / f for f in sorted(files) if Path(f).suffix.lower() in MODEL_SUFFIXES and not f.startswith(".")]
-        return sorted(str(p.relative_to(self.models_dir)) for p in found)
+        """Labels for the base-model dropdown: paths relative to the models folder, then the
+        checkpoints of other installs as 'file.safetensors  (A1111: ~/stable-diffusion-webui)'."""
+        return [m.label for m in self.found_checkpoints()]
 
     def default_checkpoint(self) -> str | None:
         items = self.list_checkpoints()
         return items[0] if items else None
 
     def checkpoint_path(self, label: str) -> str:
+        if not label:
+            return label
         path = self.models_dir / label
-        return str(path) if path.exists() or not label else label
+        if path.exists():
+            return str(path)
+        for model in self.found_checkpoints():
+            if model.label == label:
+                return str(model.path)
+        return label
 
     # ---- around a training -----------------------------------------------------------------
     def before_training(self, control=None) -> None:

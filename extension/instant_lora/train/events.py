@@ -195,14 +195,24 @@ class ConsoleSink:
 
 
 class JsonlSink:
-    """Every event as one JSON line: the run's complete, greppable log."""
+    """Every event as one JSON line: the run's complete, greppable log. A run that fails before its
+    first step keeps no log (its messages were on the console or in the UI): the file, and the
+    folders this sink created for it, are removed when it closes. A run that logged a step, or
+    ended otherwise, keeps its log."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.file = open(path, "a", encoding="utf-8")
+        self.path = Path(path)
+        self.created = _missing_folders(self.path.parent)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.steps = 0
+        self.failed = False
 
     def __call__(self, event) -> None:
+        if isinstance(event, Step):
+            self.steps += 1
+        elif isinstance(event, Failed):
+            self.failed = True
         record = {"event": type(event).__name__.lower(), "time": round(time.time(), 3), **asdict(event)}
         # NaN/inf losses are written as null: the log stays valid JSON for every reader.
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -211,19 +221,53 @@ class JsonlSink:
 
     def close(self) -> None:
         self.file.close()
+        if self.failed and not self.steps:
+            remove_log(self.path, self.created)
 
 
 class TensorBoardSink:
+    """Scalars per step. The event file (and its folder) is created at the first step, so a run
+    that never trained leaves no empty TensorBoard run behind."""
+
     def __init__(self, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir = Path(log_dir)
+        self._writer_class = SummaryWriter
+        self.writer = None
 
     def __call__(self, event) -> None:
         if isinstance(event, Step):
+            if self.writer is None:
+                self.writer = self._writer_class(log_dir=str(self.log_dir))
             self.writer.add_scalar("loss/current", event.loss, event.step)
             self.writer.add_scalar("loss/average", event.avg_loss, event.step)
             self.writer.add_scalar("lr/unet", event.lr, event.step)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    for f in (folder, *folder.parents):
+        if f.exists():
+            break
+        missing.append(f)
+    return missing
+
+
+def remove_log(path: Path, created_folders=()) -> None:
+    """Remove a log file and then each of `created_folders` that is left empty."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    for folder in created_folders:
+        try:
+            folder.rmdir()  # only when empty: samples or other runs' logs stay
+        except OSError:
+            break

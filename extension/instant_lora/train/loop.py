@@ -78,17 +78,21 @@ class Run:
         self.emit(Status(self.scan.summary()))
         for w in plan.warnings:
             self.emit(Warn(w))
-        for line in describe(plan):
+        from .estimate import run_estimate
+
+        for line in describe(plan, estimate=run_estimate(plan, self.model)):  # torch tells the device now
             self.emit(Status(f"plan: {line}"))
         self.emit(Status(f"output: {plan.final_path()}"))
 
     def _auto_caption(self) -> None:
         from ..captioning import CaptionOptions, caption_folder, free_clip_model
+        from ..captioning.options import TRAIN_CLI_WORDING
 
         cfg = self.config
         self.emit(Status("auto-captioning images without a caption file (CLIP interrogation)..."))
         options = CaptionOptions(mode="fill", caption_extension=cfg.caption_extension, prefix=cfg.trigger_words,
-                                 clip_model=cfg.caption_clip_model, clip_pretrained=cfg.caption_clip_pretrained)
+                                 clip_model=cfg.caption_clip_model, clip_pretrained=cfg.caption_clip_pretrained,
+                                 wording=TRAIN_CLI_WORDING)  # only the command line and REST turn auto_caption on
         try:
             report = caption_folder(cfg.train_data_dir, options,
                                     progress=lambda done, total, rate=0.0: self.control.check("captioning"))
@@ -331,9 +335,23 @@ class Run:
         return maybe_resume(self)
 
     def save(self, stem: str, step: int, epoch: int, kind: str, finished: bool = False) -> Path:
+        from ..output_paths import remove_stale_state
         from .saving import save
 
-        return save(self, stem, step, epoch, kind, finished)
+        path = save(self, stem, step, epoch, kind, finished)
+        cfg = self.config
+        if not (cfg.save_state or (finished and cfg.save_state_on_train_end)):
+            # A `stem-state` beside the new file is an earlier run's: resuming from it would mix
+            # that run's optimizer with this file. Kept only when this run resumed from it.
+            try:
+                stale = remove_stale_state(self.output_dir, stem, keep=cfg.resume)
+            except OSError as e:
+                self.emit(Warn(f"{stem}-state beside {path.name} is an earlier run's training state and could not be "
+                               f"removed ({e.strerror or e}): delete it, do not resume from it"))
+            else:
+                if stale is not None:
+                    self.emit(Status(f"removed {stale.name}: an earlier run's training state, not this {path.name}'s"))
+        return path
 
 
 def train(request, *, explicit=frozenset(), model=None, sinks=(), control: TrainControl | None = None) -> TrainResult:

@@ -47,6 +47,9 @@ class TrainPlan:
     sample_steps: tuple = ()  # steps after which the sample prompts render (0 = before the first)
     sample_prompts: tuple = ()  # SamplePrompt
     accumulation: int = 1  # micro-batches per optimizer step
+    gradient_checkpointing: bool = False  # for the time estimate (train/estimate.py)
+    cache_latents: bool = True
+    model_path: str = ""  # the base model as the config names it (its size scales the estimate)
 
     @property
     def lora_scale(self) -> float:
@@ -152,11 +155,15 @@ def make_plan(config, num_images: int, num_train_images: int, *, cuda: bool, exp
         sample_steps=sample_schedule(max_steps, steps_per_epoch, config.sample_every_n_steps, config.sample_every_n_epochs,
                                      config.sample_at_first) if sample_prompts else (),
         sample_prompts=tuple(sample_prompts), accumulation=config.gradient_accumulation_steps,
+        gradient_checkpointing=bool(config.gradient_checkpointing),
+        cache_latents=bool(config.cache_latents or config.cache_latents_to_disk),
+        model_path=str(config.pretrained_model_name_or_path or ""),
     )
 
 
-def describe(plan: TrainPlan) -> list[str]:
-    """The plan in a few lines, as the log and the UI show it."""
+def describe(plan: TrainPlan, estimate=None, markdown: bool = False) -> list[str]:
+    """The plan in a few lines, as the log and the UI show it; with an `estimate`
+    (train.estimate.Estimate) also how long it will take and where that figure comes from."""
     acc = plan.accumulation
     lines = [f"{plan.num_images} images x repeats = {plan.num_train_images} per epoch / batch {plan.batch_size}"
              + (f" x accumulation {acc}" if acc > 1 else "")
@@ -173,4 +180,6 @@ def describe(plan: TrainPlan) -> list[str]:
     seed = "a random seed" if plan.seed is None else f"seed {plan.seed}"
     lines.append(f"rank {plan.rank}, alpha {plan.alpha:g} (scale {plan.lora_scale:.3g}); {seed}; "
                  f"{plan.device} {'fp32' if plan.precision == 'no' else plan.precision}")
+    if estimate is not None:
+        lines += estimate.lines(markdown)
     return lines

@@ -57,8 +57,30 @@ class _Unset:
 UNSET = _Unset()  # "the user did not set this field"
 
 
+# What an empty (or 0, or -1) box means in the form, said next to the field: the config's help is
+# the command line's, where leaving a flag out is how "not set" is written.
+FORM_NOTES = {
+    "network_dim": f"Empty = the preset's rank, else {APP_DEFAULTS['network_dim']}.",
+    "unet_lr": "0 or empty = use Learning rate.",
+    "text_encoder_lr": "0 or empty = use Learning rate.",
+    "max_train_epochs": "0 or empty = train for Steps instead.",
+    "max_train_steps": "Used only when Epochs is 0 or empty.",
+    "lr_warmup_steps": "0 = no warm-up.",
+    "min_snr_gamma": "0 or empty = off.",
+    "noise_offset": "0 or empty = off.",
+    "clip_skip": "0 or empty = 1 (the last layer).",
+    "seed": "-1 or empty = a new random seed each run (the log and the file's metadata record it).",
+    "save_every_n_epochs": "0 or empty = no saves by epoch.",
+    "save_every_n_steps": "0 or empty = no saves by step.",
+    "network_args": "Empty = the default modules.",
+    "gradient_accumulation_steps": "1 = none.",
+}
+
+
 def help_for(name: str) -> str:
-    return FIELDS[name].metadata["help"]
+    """The field's one-line help (the config's), plus what an empty box means in the form."""
+    note = FORM_NOTES.get(name)
+    return FIELDS[name].metadata["help"] + (f" {note}" if note else "")
 
 
 def choices_for(name: str):

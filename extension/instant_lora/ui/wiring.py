@@ -13,10 +13,11 @@ from pathlib import Path
 
 from ..errors import InstantLoraError
 from . import testing
-from .compat import every, quiet, updates, upload_paths
+from .compat import every, gradio_major, quiet, updates, upload_paths
 from .fields import initial_values
 from .handlers import dataset as dataset_handlers
 from .handlers import error_message
+from .handlers import models as model_handlers
 from .handlers import progress as progress_handlers
 from .handlers import run as run_handlers
 from .sections import BuildContext
@@ -90,15 +91,10 @@ class _RunInputs:
 
 def _wire_model(gr, ctx, md, tr, run):
     host = ctx.host
+    _wire_base_models(gr, ctx, md)  # first: its page-load refresh is quick, the plan's may wait for a model skeleton
     for component in [md.checkpoint, *md.fields.values(), tr.sample_text, tr.sample_every]:
         component.change(run.update_plan, run.plan_inputs, [md.plan], **quiet(gr))
     ctx.demo.load(run.update_plan, run.plan_inputs, [md.plan], show_progress="hidden")
-
-    def refresh_models(current):
-        choices, value = run_handlers.checkpoint_choices(host, current)
-        return gr.update(choices=choices, value=value)
-
-    md.refresh.click(refresh_models, [md.checkpoint], [md.checkpoint])
 
     def apply_preset(name):
         try:
@@ -112,12 +108,51 @@ def _wire_model(gr, ctx, md, tr, run):
 
     def save_preset(name, *values):
         try:
-            _, message = run_handlers.save_form_preset(name, run.form(*values), host)
+            saved, message = run_handlers.save_form_preset(name, run.form(*values), host)
         except Exception as e:
             return gr.update(), _shown(e)
-        return gr.update(choices=run_handlers.preset_choices(host)), message
+        # selected, so the plan names it (its change event loads it: the same values the form holds)
+        return gr.update(choices=run_handlers.preset_choices(host), value=saved), message
 
     md.save_preset.click(save_preset, [md.preset_name, *run.components], [md.preset, md.preset_message])
+
+
+def _wire_base_models(gr, ctx, md):
+    """The base-model list: fresh on every page load and on Refresh; the download button's run,
+    followed by the page that pressed it (the download itself goes on without the page)."""
+    host = ctx.host
+    shown = [md.checkpoint, md.models_message, md.download]
+
+    def view_updates(view):
+        return (gr.update(choices=view.choices, value=view.value), view.message,
+                gr.update(visible=view.show_download))
+
+    def refresh_models(current):
+        return view_updates(model_handlers.models_view(host, current))
+
+    md.refresh.click(refresh_models, [md.checkpoint], shown)
+    ctx.demo.load(refresh_models, [md.checkpoint], shown, show_progress="hidden")
+
+    # Gradio 3 runs queued events one at a time: a page there follows the download by a poll
+    # (which runs outside the queue) instead of by the click's event.
+    follow = gradio_major(gr) >= 4
+
+    def download(current):
+        for message, view in model_handlers.follow_download(host, current, follow=follow):
+            yield (gr.update(), message, gr.update()) if view is None else view_updates(view)
+
+    md.download.click(download, [md.checkpoint], shown, show_progress="hidden")
+    if not follow and host.can_download_models:
+        page = gr.State({})
+
+        def poll_download(record):
+            news = model_handlers.download_news(host, record)
+            if news is None:
+                return (gr.update(),) * len(shown)
+            message, view = news
+            return (gr.update(), message, gr.update()) if view is None else view_updates(view)
+
+        every(gr, ctx.demo, poll_download, [page], shown, POLL_SECONDS)
 
 
 def _wire_dataset(gr, ctx, ds, md, run):
@@ -173,7 +208,8 @@ def _wire_dataset(gr, ctx, ds, md, run):
 
         try:
             report = dataset_handlers.auto_caption(host, job, folder, mode, model, pretrained, trigger_words,
-                                                   caption_extension, progress)
+                                                   caption_extension, progress,
+                                                   notify=lambda text: progress_bar(0, desc=text))  # e.g. CLIP's first download
         except Exception as e:
             return (_shown(e),) + unchanged
         return (report,) + show_dataset(folder, caption_extension, trigger_words)

@@ -188,9 +188,59 @@ def import_uploads(files, data_dir: str | Path, dataset_name: str, repeats) -> t
     return str(root), report
 
 
+# How the Auto-caption section's messages name its controls (ui/sections/dataset.py's labels).
+_UI_NAMES = {"clip_model": 'the "CLIP model" field (Auto-caption section)',
+             "clip_pretrained": 'the "CLIP weights" field (Auto-caption section)'}
+_UI_RETRY = 'click "Auto-caption" again'
+
+
+def ui_wording():
+    from ...captioning.options import Wording
+
+    return Wording(_UI_NAMES, fields=True, retry=_UI_RETRY, line_break="\n\n")
+
+
+class _Notes:
+    """The captioner's notes for the user (e.g. the line before CLIP's first download), passed on
+    as they come and kept for the report."""
+
+    def __init__(self, notify=None):
+        import logging
+
+        from ...captioning.weights import NOTE, log
+
+        self.lines, self.notify, self.key = [], notify, NOTE
+        self.handler = logging.Handler(logging.INFO)
+        self.handler.emit = self._emit
+        self.logger = log  # the weights logger: its notes also reach the console, as before
+
+    def _emit(self, record) -> None:
+        if getattr(record, self.key, False):
+            text = record.getMessage()
+            self.lines.append(text)
+            if self.notify is not None:
+                self.notify(text)
+
+    def __enter__(self):
+        import logging
+
+        self.saved = self.logger.level
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.saved)
+
+
 def auto_caption(host, job, folder: str, mode: str, model: str, pretrained: str, trigger: str, caption_extension: str,
-                 progress=None) -> str:
-    """Caption the folder's images with CLIP (the GPU held for it); returns the report's summary."""
+                 progress=None, notify=None) -> str:
+    """Caption the folder's images with CLIP (the GPU held for it); returns the report's summary.
+
+    `notify(text)` receives notes meant for the user while it runs, such as the size and
+    destination of CLIP's download on first use; they also head the returned summary."""
     from ... import captioning
 
     if not folder or not str(folder).strip():
@@ -199,10 +249,10 @@ def auto_caption(host, job, folder: str, mode: str, model: str, pretrained: str,
         raise InstantLoraError("A training is running: caption when it has finished.")
     options = captioning.CaptionOptions(mode=mode, clip_model=(model or "").strip() or "ViT-L-14",
                                         clip_pretrained=(pretrained or "").strip(), prefix=trigger or "",
-                                        caption_extension=caption_extension or ".txt")
+                                        caption_extension=caption_extension or ".txt", wording=ui_wording())
     try:
-        with host.exclusive("Instant LoRA: captioning"):
+        with host.exclusive("Instant LoRA: captioning"), _Notes(notify) as notes:
             report = captioning.caption_folder(str(folder).strip(), options, progress=progress)
     finally:
         captioning.free_clip_model()
-    return report.summary()
+    return "\n".join(notes.lines + [report.summary()])

@@ -76,22 +76,54 @@ def run_request(form: RunForm, host) -> RunRequest:
                       overwrite=bool(form.overwrite))
 
 
+NOT_STARTED = "Training did not start"
+
+
+def not_started(e: Exception) -> str:
+    """Why Start did nothing, said first: the run did not start, then what to fix."""
+    from ...request import RequestError
+
+    if isinstance(e, RequestError):
+        return problems_message(e.problems, e.hint, title=f"{NOT_STARTED}. Fix these settings:")
+    if isinstance(e, InstantLoraError):
+        return f"**{NOT_STARTED}:** {e.message}" + (f"\n\n{e.hint}" if e.hint else "")
+    return f"**{NOT_STARTED}:** unexpected error {type(e).__name__}: {e}"
+
+
 def start_training(job, host, form: RunForm) -> str:
-    """Validate, scan, plan and start; a message for the Train section either way."""
+    """Validate, scan, plan and start; a message for the Train section either way. A start that
+    fails says so first ("Training did not start") and then why."""
     snap = job.snapshot()
     if snap.running:
-        return f"**A training is already running:** '{snap.name}' at step {snap.step}/{snap.total}. Cancel it first."
+        return (f"**{NOT_STARTED}:** a training is already running ('{snap.name}' at step {snap.step}/{snap.total}). "
+                "Wait for it to finish or cancel it first.")
     try:
         prepared = prepare_run(run_request(form, host), host)
+        busy = _gpu_owner()
         job.start(prepared, host=host)
     except InstantLoraError as e:
-        return error_message(e)
+        return not_started(e)
     except Exception as e:  # a bug: named here, with its traceback in the console
         traceback.print_exc(file=sys.stderr)
-        return error_message(e)
+        return not_started(e)
     plan = prepared.plan
+    estimate = _estimate(plan)
     return (f"Started **{prepared.name}**: {plan.max_train_steps} steps, {plan.num_epochs} epoch(s); "
-            f"{len(plan.saves)} file(s) to `{plan.output_dir}`.")
+            f"{len(plan.saves)} file(s) to `{plan.output_dir}`"
+            + (f"; {estimate.short()}" if estimate else "") + "."
+            + (f" It waits for the GPU first: {busy} is using it." if busy else ""))
+
+
+def _gpu_owner() -> str | None:
+    from ...host import gpu
+
+    return gpu.owner()
+
+
+def _estimate(plan):
+    from ...train.estimate import run_estimate
+
+    return run_estimate(plan)
 
 
 def cancel_training(job) -> str:
@@ -103,27 +135,50 @@ def cancel_training(job) -> str:
 # ---- the live plan --------------------------------------------------------------------------------
 
 def live_plan(host, form: RunForm, scan) -> str:
-    """The plan the form would run, as markdown: steps, epochs, saves, samples, where the file goes,
-    the trainable parameters, and what to fix."""
+    """The plan the form would run, as markdown: the preset (and whether the form changed it),
+    steps, epochs, saves, samples, about how long, where the file goes, the trainable parameters,
+    and what to fix."""
     from ...train.plan import describe
 
-    lines: list[str] = []
+    lines: list[str] = [preset_status(form, host)]
     try:
         plan, problems = preview_plan(run_request(form, host), host, scan)
     except InstantLoraError as e:
         return error_message(e)
     if plan is not None:
-        lines += describe(plan)  # a preview draws no seed: "a random seed" unless the form sets one
+        # a preview draws no seed: "a random seed" unless the form sets one
+        lines += describe(plan, estimate=_estimate(plan), markdown=True)
         lines.append(f"writes `{plan.final_path()}`")
         lines += [f"note: {warning}" for warning in plan.warnings]
         if (form.sample_text or "").strip() and not plan.sample_steps:
             lines.append("sample prompts are set, but Sample every N steps is 0: no samples")
     elif scan is None:
-        lines.append("Load a dataset to see the steps, epochs and saves.")
+        lines.append("Load a dataset to see the steps, epochs, saves and about how long it takes.")
     lines.append(parameters_line(form, host))
     if problems:
         lines.append(problems_message(problems, title="fix:"))
     return "\n\n".join(line for line in lines if line)
+
+
+def changed_fields(form: RunForm, host) -> list[str]:
+    """The form fields whose value differs from where the preset (or, with none, the app's
+    defaults) starts them; the per-run fields (output name, trigger words) are not counted."""
+    changed = user_values(form.fields, preset_values(form.preset, host))
+    return [name for name in form.fields if name in changed and name not in PER_RUN_FIELDS]
+
+
+def preset_status(form: RunForm, host) -> str:
+    """'preset: **Balanced**', 'preset: **Balanced (modified)**; changed: Rank, Epochs', or
+    'no preset: the app's defaults' (with what changed)."""
+    from ..fields import label_for
+
+    changed = changed_fields(form, host)
+    shown = ", ".join(label_for(n) for n in changed[:6]) + (", ..." if len(changed) > 6 else "")
+    if form.preset and form.preset in preset_choices(host):
+        if not changed:
+            return f"preset: **{form.preset}**"
+        return f"preset: **{form.preset} (modified)**; changed: {shown}"
+    return "no preset: the app's defaults" + (f"; changed: {shown}" if changed else "")
 
 
 def effective_values(form: RunForm, host) -> dict:
@@ -209,10 +264,13 @@ def preset_form(name: str | None, host) -> tuple[dict, str]:
     presets = list_presets(presets_dir(host))
     if not name or name not in presets:
         return {}, ""
+    from ...presets import BUILTIN_DIR
+
     values, description = load_preset(presets[name])  # InstantLoraError names the broken file
     start = starting_values(values)
     shown = {n: shown_value(n, v) for n, v in start.items() if n not in PER_RUN_FIELDS or n in values}
-    return shown, f"Preset **{name}**: {description}"
+    own = "" if presets[name].parent == BUILTIN_DIR else f" (your own: `{presets[name]}`)"
+    return shown, f"Preset **{name}**{own}" + (f": {description}" if description else "")
 
 
 def save_form_preset(name: str, form: RunForm, host) -> tuple[str, str]:

@@ -12,6 +12,8 @@ from .. import fields as form_fields
 class ModelSection:
     checkpoint: object
     refresh: object
+    models_message: object  # under the list: where checkpoints are read from when there is none; download progress
+    download: object  # "Download SD1.5 (4.3 GB)": shown when the list is empty and the host can download
     preset: object
     preset_name: object
     save_preset: object
@@ -46,15 +48,22 @@ def _rows(gr, table, values: dict, out: dict) -> None:
 
 
 def build(gr, ctx) -> ModelSection:
+    from ..handlers.models import download_label, models_view
     from ..handlers.run import preset_choices
 
     host = ctx.host
+    view = models_view(host)
+    where = ("this app's models folder, then any A1111 / Forge / ComfyUI install found" if host.can_download_models
+             else "the models folder")
     with gr.Accordion("2. Model & LoRA", open=True, elem_id="il_section_model"):
         with gr.Row():
-            checkpoint = gr.Dropdown(choices=host.list_checkpoints(), value=host.default_checkpoint(), label="Base model",
+            checkpoint = gr.Dropdown(choices=view.choices, value=view.value, label="Base model",
                                      elem_id="il_checkpoint", allow_custom_value=True, scale=4,
-                                     info="SD1.x checkpoint from the models folder; the LoRA works best on the model it was trained on.")
+                                     info=f"SD1.x checkpoint from {where}; the LoRA works best on the model it was trained on.")
             refresh = gr.Button("Refresh", elem_id="il_refresh_models", scale=1)
+        with gr.Row():
+            models_message = gr.Markdown(view.message, elem_id="il_models_msg")
+            download = gr.Button(download_label(), elem_id="il_download_model", visible=view.show_download, scale=0)
         with gr.Row():
             preset = gr.Dropdown(choices=preset_choices(host), value=None, label="Preset", elem_id="il_preset",
                                  info="Load tested settings; Balanced suits most subjects.")
@@ -70,4 +79,5 @@ def build(gr, ctx) -> ModelSection:
         plan = gr.Markdown(elem_id="il_plan")
         preset_message = gr.Markdown(elem_id="il_preset_msg")
     ordered = {name: components[name] for name in form_fields.FORM_FIELDS}
-    return ModelSection(checkpoint, refresh, preset, preset_name, save_preset, ordered, overwrite, plan, preset_message)
+    return ModelSection(checkpoint, refresh, models_message, download, preset, preset_name, save_preset, ordered, overwrite,
+                        plan, preset_message)

@@ -36,7 +36,7 @@ def readme_commands(text: str | None = None) -> list[str]:
             if words:
                 found.append(shlex.join(words))
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
-    for span in re.findall(r"`((?:python|curl) [^`]+)`", prose):
+    for span in re.findall(r"`((?:python3?|curl|git|bash|node|pip) [^`]+)`", prose):
         found.append(shlex.join(shlex.split(span)))
     return list(dict.fromkeys(found))
 
@@ -238,6 +238,15 @@ def run_curl(words, ws):
         assert client.get("/instant-lora/v1/progress").json()["state"] == "finished"
 
 
+def run_git_clone(words, ws):
+    """Installing by hand: this repository cloned into a WebUI's extensions/ folder has what the
+    WebUI loads (install.py, scripts/, javascript/, the package)."""
+    target = ws.root / "webui" / words[-1]
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(target)], check=True, timeout=120, capture_output=True)
+    for part in ("install.py", "scripts/instant_lora_tab.py", "javascript/instant_lora.js", "extension/instant_lora/__init__.py"):
+        assert (target / part).is_file(), part
+
+
 def run_by_ci(words, ws):
     """.ci/run is what CI runs; these are the commands inside it."""
     ci = (ROOT / ".ci" / "run").read_text()
@@ -257,6 +266,7 @@ RUNNERS = [
     (r"python standalone_app\.py caption ", run_caption),
     (r"python standalone_app\.py generate ", run_generate),
     (r"python install\.py", run_install_py),
+    (r"git clone '?<url>'? extensions/[\w-]+$", run_git_clone),
     (r"curl -X POST localhost:7860/instant-lora/v1/", run_curl),
     (r"(bash \.ci/run|python -m pytest tests.*|node --test tests/js)$", run_by_ci),
 ]

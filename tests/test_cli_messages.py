@@ -292,11 +292,13 @@ def test_own_output_dir_replaces_with_one_warning_and_drops_the_stale_state(tmp_
     stale = out_dir / "tiny-state"
     stale.mkdir()
     (stale / "train_state.json").write_text('{"current_step": 999}')
+    (out_dir / "tiny.preview.png").write_bytes(b"the earlier file's card picture")
     rc, out = train(*tiny_run_flags(tiny_model_dir, train_set, out_dir), capsys=capsys)
     assert rc == 0, out.err[-2000:]
     assert out.err.count(f"{out_dir / 'tiny.safetensors'} exists and will be replaced") == 1
     assert (out_dir / "tiny.safetensors").read_bytes() != b"an earlier run's file"
     assert not stale.exists() and "removed tiny-state" in out.err  # never an earlier run's state beside the new file
+    assert not (out_dir / "tiny.preview.png").exists()  # nor its card picture on the new file's card
 
 
 def test_the_state_a_run_resumes_from_is_kept(tmp_path):

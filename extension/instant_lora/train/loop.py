@@ -340,6 +340,15 @@ class Run:
 
         path = save(self, stem, step, epoch, kind, finished)
         cfg = self.config
+        old_preview = path.with_name(f"{stem}.preview.png")
+        if old_preview.is_file():  # an earlier file's card picture; this run's is written after training
+            try:
+                old_preview.unlink()
+            except OSError as e:
+                self.emit(Warn(f"{old_preview.name} is an earlier file's card picture and could not be removed "
+                               f"({e.strerror or e}): delete it"))
+            else:
+                self.emit(Status(f"removed {old_preview.name}: the card picture of the file this run replaced"))
         if not (cfg.save_state or (finished and cfg.save_state_on_train_end)):
             # A `stem-state` beside the new file is an earlier run's: resuming from it would mix
             # that run's optimizer with this file. Kept only when this run resumed from it.

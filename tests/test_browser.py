@@ -3,7 +3,6 @@ upload, edit a caption, train to the end, cancel another run, and bad input. Scr
 section land in test-output/screenshots/ (kept as CI artifacts)."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,51 +10,23 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, FLAGS, free_port, require_browser, shots_dir
 from conftest import make_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-def _gradio_major() -> str:
-    from importlib.metadata import version
-
-    return version("gradio").split(".")[0]
-
-
-SHOTS = ROOT / "test-output" / "screenshots" / f"gradio{_gradio_major()}"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
-
-
-def _require_browser():
-    missing = []
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        missing.append("the playwright package")
-    if not Path(CHROMIUM).exists():
-        missing.append(CHROMIUM)
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run in CI: missing {', '.join(missing)} (.ci/run installs them)")
-        pytest.skip(f"missing {', '.join(missing)}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SHOTS = shots_dir()
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    _require_browser()
+    require_browser()
     from instant_lora.tiny import save_tiny_model
 
     base = tmp_path_factory.mktemp("app")
     save_tiny_model(base / "models" / "tiny-sd")
     (base / "loras").mkdir()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
                INSTANT_LORA_CACHE=str(base / "cache"))
     log = open(base / "app.log", "w")
@@ -371,7 +342,7 @@ def test_a_dataset_folder_anywhere_on_the_machine_opens(app, page):
     it): the gallery still shows the images, and a folder that is not there says so."""
     import shutil
 
-    outside = ROOT / "test-output" / f"outside-dataset-{_gradio_major()}"
+    outside = ROOT / "test-output" / f"outside-dataset-{SHOTS.name}"
     shutil.rmtree(outside, ignore_errors=True)
     make_image(outside / "3_far" / "a.png", (20, 160, 20))
     make_image(outside / "3_far" / "b.png", (160, 20, 160), shape="circle")

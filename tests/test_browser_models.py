@@ -4,7 +4,6 @@ by tests/fake_hub.py) and selects it, and the list is fresh on every page load. 
 test-output/screenshots/ as in test_browser.py."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,46 +11,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, FLAGS, free_port, require_browser, shots_dir
 from fake_hub import FakeHub, write_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
-
-
-def _shots() -> Path:
-    from importlib.metadata import version
-
-    return ROOT / "test-output" / "screenshots" / f"gradio{version('gradio').split('.')[0]}"
-
-
-def _require_browser():
-    missing = []
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        missing.append("the playwright package")
-    if not Path(CHROMIUM).exists():
-        missing.append(CHROMIUM)
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run in CI: missing {', '.join(missing)} (.ci/run installs them)")
-        pytest.skip(f"missing {', '.join(missing)}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Gradio 3.41 gives a Markdown's elem_id to its wrapper too: the last element with it is the text.
 MESSAGE = "(() => { const all = document.querySelectorAll('#il_models_msg'); return all.length ? all[all.length - 1].innerText : ''; })()"
 
 
 def _start_app(base: Path, env: dict):
-    port = _free_port()
+    port = free_port()
     log = open(base / "app.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "standalone_app.py"), "--port", str(port), "--no-browser",
                              "--models-dir", str(base / "models"), "--lora-dir", str(base / "loras"), "--data-dir", str(base / "data")],
@@ -71,14 +40,14 @@ def _start_app(base: Path, env: dict):
 
 
 def test_empty_models_folder_download_and_fresh_list(tmp_path):
-    _require_browser()
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     from instant_lora.model_download import TEST_REGISTRY_ENV
 
     base = tmp_path / "app"
     (base / "home").mkdir(parents=True)
-    shots = _shots()
+    shots = shots_dir()
     shots.mkdir(parents=True, exist_ok=True)
     with FakeHub() as hub:
         data = os.urandom(3 << 20)

@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
+from browser_support import free_port
 
 from instant_lora.cli import EXIT_CANCELLED, main
 
@@ -157,10 +158,6 @@ class FakeDemo:
         self.closed = True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -173,7 +170,7 @@ def fake_ui(monkeypatch):
 
 
 def test_gradios_own_port_error_becomes_the_same_message(fake_ui, tmp_path, capsys):
-    port = _free_port()  # free for our check; Gradio then finds it taken (a race, or its own check)
+    port = free_port()  # free for our check; Gradio then finds it taken (a race, or its own check)
     demo = FakeDemo(OSError(f"Cannot find empty port in range: {port}-{port}. You can specify a different port by "
                             "setting the GRADIO_SERVER_PORT environment variable or passing the `server_port` parameter to `launch()`."))
     fake_ui.append(demo)
@@ -185,7 +182,7 @@ def test_gradios_own_port_error_becomes_the_same_message(fake_ui, tmp_path, caps
 
 
 def test_the_banner_names_our_flags_not_gradios_launch_arguments(fake_ui, tmp_path, capsys):
-    port = _free_port()
+    port = free_port()
     demo = FakeDemo()
     fake_ui.append(demo)
     rc = main(["--port", str(port), "--no-browser", "--data-dir", str(tmp_path / "d"), "--lora-dir", str(tmp_path / "l"),
@@ -205,7 +202,7 @@ def test_real_gradio_launches_quietly_with_our_banner(tmp_path, capsys):
     with gr.Blocks() as demo:
         gr.Markdown("x")
     demo.block_thread = lambda: None
-    args = parse_app_args(["--port", str(_free_port()), "--no-browser"])
+    args = parse_app_args(["--port", str(free_port()), "--no-browser"])
     try:
         serve(demo, args, None, [str(tmp_path)])
     finally:

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import free_port
 from conftest import make_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,10 +82,6 @@ def small(args: list[str], ws: Workspace) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- one runner per kind of command --------------------------------------------------------------
@@ -111,7 +107,7 @@ def run_pip(words, ws):
 def run_app_server(words, ws):
     import threading
 
-    port = _free_port()
+    port = free_port()
     args = [*words[2:], "--no-browser", "--port", str(port)]
     proc = subprocess.Popen([sys.executable, str(ROOT / "standalone_app.py"), *args], cwd=ws.root, env=ws.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -7,21 +7,17 @@ made through the WebUI's txt2img sends a picked cell's prompt and settings to tx
 cell made the LoRA's preview refreshes the cards. Runs on the installed Gradio (3.41 in the WebUI env,
 4.40 in the Forge env)."""
 
-import os
-import socket
 import types
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, FLAGS, free_port, require_browser
 from test_webui_host import FakeTrain
 from webui_stub.harness import webui
 
 from instant_lora.jobs import TrainingJob
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 SHOTS = ROOT / "test-output" / "screenshots"
 
 # What the WebUI's script.js / ui.js define for every page (same behaviour, written here). Set on window:
@@ -48,21 +44,8 @@ window.updateInput = function(target) {
 
 def _require_browser():
     gr = pytest.importorskip("gradio")
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("the WebUI browser test needs playwright in CI")
-        pytest.skip("playwright is not installed")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"missing {CHROMIUM}")
+    require_browser()
     return gr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -100,7 +83,7 @@ def webui_page(tmp_path, monkeypatch):
             infotext_utils.connect_paste_params_buttons()
             refresh.click(lambda n: int(n or 0) + 1, [refreshed], [refreshed])
         demo.queue()
-        port = _free_port()
+        port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:
             yield w, f"http://127.0.0.1:{port}/"

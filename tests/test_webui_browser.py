@@ -156,8 +156,14 @@ def test_cards_refresh_send_to_txt2img_and_a_grid_cell_to_txt2img(webui_page, mo
             _lora_file(w.lora_dir / "grid_run-000001.safetensors", 10, 1)
             _lora_file(w.lora_dir / "grid_run.safetensors", 20, 2)
             page.evaluate("() => instantLora.switchToTab('Instant LoRA')")
-            page.locator("#il_open_test").click()
-            page.wait_for_selector("#il_grid_btn", state="visible")
+            for attempt in range(3):  # on a loaded machine the first click can land before Gradio wires it
+                page.locator("#il_open_test").click()
+                try:
+                    page.wait_for_selector("#il_grid_btn", state="visible", timeout=30_000)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
             for elem, value in (("il_test_prompt", "shpz, red square"), ("il_test_steps", "7"), ("il_test_seed", "3"),
                                 ("il_test_width", "64"), ("il_test_height", "64"), ("il_grid_run", "grid_run"),
                                 ("il_grid_weights", "0, 1")):

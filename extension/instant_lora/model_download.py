@@ -292,7 +292,9 @@ def _download_locked(entry, url, final, part, progress, say, retries, timeout) -
             hint="try again; if it happens again the file on the server differs from the one this version knows: "
                  + put_it_there(entry, url, final.parent))
     if final.exists():
-        raise InstantLoraError(f"{final} appeared while downloading; kept it and left the download at {part}", path=final)
+        raise InstantLoraError(f"{final} appeared while downloading; kept it and left the download at {part}", path=final,
+                               hint=f"if {final.name} is the model you want, delete {part.name}; else move {final.name} "
+                                    "away and run the download again (it resumes)")
     os.replace(part, final)
     if progress:
         progress(entry.size, entry.size)

@@ -245,3 +245,6 @@ def test_a_polling_page_gets_the_end_of_the_download_once(hub, tmp_path, monkeyp
     message, view = download_news(host, record)
     assert "Downloaded" in message and view.value == "tiny-base.safetensors"
     assert download_news(host, record) is None  # once
+    # a page opened (or reloaded) after the end: its load listed the file and chose the selection;
+    # the poll must not override that choice with the downloaded file
+    assert download_news(host, {}) is None

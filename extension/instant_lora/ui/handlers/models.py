@@ -184,9 +184,15 @@ def follow_download(host, current: str | None = None, poll_s: float = POLL_S, fo
 def download_news(host, record: dict, current: str | None = None):
     """For a page that polls (Gradio 3, where a followed download would hold the one queue worker
     that every event of the app waits for): None when there is nothing new; (message, None) while
-    a download runs; (message, view) once after it ended. `record` is the page's own, changed in place."""
+    a download runs; (message, view) once after it ended. `record` is the page's own, changed in place.
+    A download that ended before the page opened is no news: that page's load already listed the
+    file, and announcing it would change the selection its load made."""
+    opened = record.setdefault("opened", time.monotonic())
     task = _TASKS.get(_key(host))
     if task is None or record.get("shown") is task:
+        return None
+    if task.finished and task.ended is not None and task.ended < opened:
+        record["shown"] = task
         return None
     if not task.finished:
         return task.message(), None

@@ -3,6 +3,10 @@ install`), its flags, a free port, and where screenshots go."""
 
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -41,3 +45,34 @@ def shots_dir() -> Path:
     folder = ROOT / "test-output" / "screenshots" / f"gradio{version('gradio').split('.')[0]}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def app_env(base: Path, **extra) -> dict:
+    """The standalone app's environment in a test: offline, its caches and home under `base`."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
+               INSTANT_LORA_CACHE=str(base / "cache"), INSTANT_LORA_SEARCH_HOME=str(base / "home"))
+    env.pop("INSTANT_LORA_WEBUI_DIR", None)
+    env.update(extra)
+    return env
+
+
+def start_app(base: Path, env: dict):
+    """`standalone_app.py` serving base/models, base/loras and base/data on a free port, its output
+    in base/app.log: (process, log file, url) once the page answers; a start that fails fails the test."""
+    port = free_port()
+    log = open(base / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "standalone_app.py"), "--port", str(port), "--no-browser",
+                             "--models-dir", str(base / "models"), "--lora-dir", str(base / "loras"), "--data-dir", str(base / "data")],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return proc, log, url
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.5)
+    proc.kill()
+    log.close()
+    pytest.fail("the app did not start:\n" + (base / "app.log").read_text()[-3000:])

@@ -53,6 +53,16 @@ def train_set(tmp_path):
     return root
 
 
+@pytest.fixture
+def host(tmp_path):
+    """A standalone host with one (empty) checkpoint file: nothing here loads it."""
+    from instant_lora.host.standalone import StandaloneHost
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "base.safetensors").write_bytes(b"")
+    return StandaloneHost(models_dir=tmp_path / "models", lora_dir=tmp_path / "loras", data_dir=tmp_path / "data")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny SD model saved as a diffusers folder (built in this environment's libraries)."""

@@ -2,15 +2,10 @@
 upload, edit a caption, train to the end, cancel another run, and bad input. Screenshots of each
 section land in test-output/screenshots/ (kept as CI artifacts)."""
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM, FLAGS, free_port, require_browser, shots_dir
+from browser_support import CHROMIUM, FLAGS, app_env, require_browser, shots_dir, start_app
 from conftest import make_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,26 +21,7 @@ def app(tmp_path_factory):
     base = tmp_path_factory.mktemp("app")
     save_tiny_model(base / "models" / "tiny-sd")
     (base / "loras").mkdir()
-    port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
-               INSTANT_LORA_CACHE=str(base / "cache"))
-    log = open(base / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "standalone_app.py"), "--port", str(port), "--no-browser",
-                             "--models-dir", str(base / "models"), "--lora-dir", str(base / "loras"), "--data-dir", str(base / "data")],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the app did not start:\n" + (base / "app.log").read_text()[-3000:])
-    assert proc.poll() is None, (base / "app.log").read_text()[-3000:]
+    proc, log, url = start_app(base, app_env(base))
     APP_LOG[:] = [base / "app.log"]
     yield {"url": url, "base": base}
     proc.terminate()

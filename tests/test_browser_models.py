@@ -4,39 +4,12 @@ by tests/fake_hub.py) and selects it, and the list is fresh on every page load. 
 test-output/screenshots/ as in test_browser.py."""
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
-import pytest
-from browser_support import CHROMIUM, FLAGS, free_port, require_browser, shots_dir
+from browser_support import CHROMIUM, FLAGS, app_env, require_browser, shots_dir, start_app
 from fake_hub import FakeHub, write_registry
 
-ROOT = Path(__file__).resolve().parents[1]
 # Gradio 3.41 gives a Markdown's elem_id to its wrapper too: the last element with it is the text.
 MESSAGE = "(() => { const all = document.querySelectorAll('#il_models_msg'); return all.length ? all[all.length - 1].innerText : ''; })()"
-
-
-def _start_app(base: Path, env: dict):
-    port = free_port()
-    log = open(base / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "standalone_app.py"), "--port", str(port), "--no-browser",
-                             "--models-dir", str(base / "models"), "--lora-dir", str(base / "loras"), "--data-dir", str(base / "data")],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return proc, log, url
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-    proc.kill()
-    log.close()
-    pytest.fail("the app did not start:\n" + (base / "app.log").read_text()[-3000:])
 
 
 def test_empty_models_folder_download_and_fresh_list(tmp_path):
@@ -53,11 +26,9 @@ def test_empty_models_folder_download_and_fresh_list(tmp_path):
         data = os.urandom(3 << 20)
         entry = hub.add("test-org/tiny-base", "tiny-base.safetensors", data)
         # the registry's sd15 replaced by a tiny file: TEST_REGISTRY_ENV exists for the tests only
-        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint, GRADIO_ANALYTICS_ENABLED="False",
-                   PYTHONUNBUFFERED="1", INSTANT_LORA_CACHE=str(base / "cache"), INSTANT_LORA_SEARCH_HOME=str(base / "home"),
-                   **{TEST_REGISTRY_ENV: str(write_registry(tmp_path / "registry.json", {"sd15": entry}))})
-        env.pop("INSTANT_LORA_WEBUI_DIR", None)
-        proc, log, url = _start_app(base, env)
+        env = app_env(base, HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint,
+                      **{TEST_REGISTRY_ENV: str(write_registry(tmp_path / "registry.json", {"sd15": entry}))})
+        proc, log, url = start_app(base, env)
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)

@@ -19,7 +19,6 @@ from instant_lora.dataset import (
     image_to_tensor,
     load_image,
     read_caption,
-    resize_cover_crop,
     scan_dataset,
 )
 from instant_lora.errors import InstantLoraError
@@ -411,6 +410,14 @@ def thirds(width: int, height: int, vertical=False) -> Image.Image:
 def test_resize_cover_crop_sizes(src, dst):
     out = resize_cover_crop(Image.new("RGB", src, (9, 9, 9)), *dst)
     assert out.size == dst
+
+
+def resize_cover_crop(img, width, height):
+    """What a training step does to an image bound for a width x height bucket."""
+    from instant_lora.buckets import place
+    from instant_lora.train.images import centre_crop
+
+    return centre_crop(img, place(img.size, (width, height)))
 
 
 def test_resize_cover_crop_centre_crops():

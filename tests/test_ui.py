@@ -17,16 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def host(tmp_path):
-    """A standalone host with one (empty) checkpoint file: nothing here loads it."""
-    from instant_lora.host.standalone import StandaloneHost
-
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "base.safetensors").write_bytes(b"")
-    return StandaloneHost(models_dir=tmp_path / "models", lora_dir=tmp_path / "loras", data_dir=tmp_path / "data")
-
-
-@pytest.fixture
 def three_images(tmp_path):
     for i in range(3):
         make_image(tmp_path / "ds" / "10_x" / f"{i}.png")

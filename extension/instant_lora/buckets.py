@@ -104,3 +104,39 @@ def bucket_info(bucket_of: list[Size], errors: list[float]) -> dict:
         counts[tuple(bucket)] = counts.get(tuple(bucket), 0) + 1
     return {"buckets": {i: {"resolution": list(b), "count": counts[b]} for i, b in enumerate(sorted(counts))},
             "mean_img_ar_error": sum(errors) / len(errors) if errors else 0.0}
+
+
+@dataclass(frozen=True)
+class BucketSettings:
+    """What decides an image's training size: the config's resolution and bucket flags."""
+
+    resolution: Size
+    enabled: bool = True
+    min_size: int = 256
+    max_size: int = 1024
+    step: int = 64
+    no_upscale: bool = False
+
+    @classmethod
+    def of(cls, config, resolution: Size | None = None) -> "BucketSettings":
+        """From a TrainConfig (or anything with its field names); `resolution` overrides its own."""
+        return cls(resolution=tuple(resolution or config.resolution_wh()), enabled=bool(config.enable_bucket),
+                   min_size=config.min_bucket_reso, max_size=config.max_bucket_reso, step=config.bucket_reso_steps,
+                   no_upscale=bool(config.bucket_no_upscale))
+
+    def buckets(self) -> list[Size]:
+        return bucket_resolutions(self.resolution, self.min_size, self.max_size, self.step)
+
+    def placement(self, image: Size, buckets: list[Size] | None = None) -> tuple[Placement, float]:
+        """(where the image goes, its aspect error). Without buckets every image goes to the
+        resolution itself (cover and centre-crop); `buckets` saves recomputing the list per image."""
+        if not self.enabled:
+            target = tuple(self.resolution)
+        elif self.no_upscale:
+            target = no_upscale_bucket(image, self.resolution[0] * self.resolution[1], self.step)
+        else:
+            target, _ = select_bucket(image, buckets or self.buckets())
+        return place(image, target), abs(aspect(target) - aspect(image))
+
+
+UPSCALE_WARN = 1.5  # an image enlarged more than this on its way into its bucket is flagged (it teaches blur)

@@ -29,18 +29,28 @@ def encode_text(text_encoder, input_ids, clip_skip: int | None = None):
     return final_norm(out.hidden_states[-clip_skip])
 
 
-def encode_captions(text_encoder, tokenizer, captions: list[str], *, clip_skip, device, dtype, batch_size: int = 16) -> dict:
-    """{caption: hidden states [77, dim]} for each distinct caption, kept on `device` in `dtype`."""
+def encode_captions(text_encoder, tokenizer, captions: list[str], *, clip_skip, device, dtype, batch_size: int = 16,
+                    max_windows: int = 1) -> dict:
+    """{caption: hidden states [77 * windows, dim]} for each distinct caption, kept on `device` in
+    `dtype`; long captions in 75-token windows as the WebUI encodes them (text_windows)."""
     import torch
+
+    from .text_windows import batch_window_ids, encode_windows
 
     unique = list(dict.fromkeys(captions))
     out = {}
     with torch.no_grad():
-        for i in range(0, len(unique), batch_size):
-            chunk = unique[i:i + batch_size]
-            ids = tokenize(tokenizer, chunk).to(device)
-            hidden = encode_text(text_encoder, ids, clip_skip).to(dtype)
-            out.update(zip(chunk, hidden))
+        # captions of one window count encode together; the WebUI never pads a prompt with empty windows
+        by_count: dict = {}
+        for caption in unique:
+            ids, _ = batch_window_ids(tokenizer, [caption], max_windows)
+            by_count.setdefault(ids.shape[1], []).append((caption, ids[0]))
+        for group in by_count.values():
+            for i in range(0, len(group), batch_size):
+                chunk = group[i:i + batch_size]
+                ids = torch.stack([c[1] for c in chunk]).to(device)
+                hidden = encode_windows(text_encoder, ids, clip_skip).to(dtype)
+                out.update(zip([c[0] for c in chunk], hidden))
     return out
 
 
@@ -56,70 +66,104 @@ def module_fingerprint(module) -> str:
 
 
 def disk_cache_path(image: Path, width: int, height: int) -> Path:
+    """The reference trainer's name: the bucket's size in it, so each bucket has its own file."""
     return image.with_name(f"{image.stem}_{width:04d}x{height:04d}_sd.npz")
 
 
-def _file_fingerprint(image: Path, vae_id: str) -> str:
+def _file_fingerprint(image: Path, vae_id: str, placement) -> str:
+    """The file's size and time, the VAE and where the image sits in its bucket: a changed image,
+    model, resolution or crop never reuses a stale latent."""
     st = image.stat()
-    return f"{st.st_size}-{st.st_mtime_ns}-{vae_id}"
+    rw, rh = placement.resized
+    crop = "-".join(str(c) for c in placement.crop)
+    return f"{st.st_size}-{st.st_mtime_ns}-{vae_id}-{rw}x{rh}-{crop}"
 
 
-def _read_disk_cache(path: Path, fingerprint: str):
+def _read_disk_cache(path: Path, fingerprint: str, flip: bool):
     import numpy as np
 
     try:
         with np.load(path, allow_pickle=False) as z:
             if "instant_lora_source" not in z.files or str(z["instant_lora_source"]) != fingerprint:
                 return None
-            return z["latents"]
+            if flip and "latents_flipped" not in z.files:
+                return None
+            return z["latents"], (z["latents_flipped"] if flip else None)
     except (OSError, ValueError, KeyError):
         return None  # unreadable or foreign cache: re-encode
 
 
-def _write_disk_cache(path: Path, latents, fingerprint: str, width: int, height: int) -> None:
+def _write_disk_cache(path: Path, latents, flipped, fingerprint: str, sample) -> None:
     import io
 
     import numpy as np
 
     from .lora.kohya_file import atomic_write_bytes
 
+    # the reference's keys (original_size, crop_ltrb, latents_flipped), so its tools can read it
+    arrays = {"latents": latents, "original_size": np.array(sample.size), "crop_ltrb": np.array(sample.placement.crop),
+              "instant_lora_source": np.array(fingerprint)}
+    if flipped is not None:
+        arrays["latents_flipped"] = flipped
     buf = io.BytesIO()
-    np.savez(buf, latents=latents, original_size=np.array([width, height]), crop_ltrb=np.array([0, 0, width, height]),
-             instant_lora_source=np.array(fingerprint))
+    np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def encode_images(vae, paths: list[Path], width: int, height: int, *, device, to_disk: bool = False,
-                  batch_size: int = 4, progress=None) -> dict:
-    """{path: latents [4, H/8, W/8] fp32 on CPU} -- VAE in fp32, NaN checked per image."""
+def latent_key(sample, flipped: bool = False) -> tuple:
+    return (*sample.cache_key, bool(flipped))
+
+
+def encode_images(vae, samples: list, *, device, to_disk: bool = False, flip: bool = False, batch_size: int = 4,
+                  progress=None) -> dict:
+    """{latent_key(sample, flipped): latents [4, H/8, W/8] fp32 on CPU} for each sample in its
+    bucket (and mirrored too when `flip`) -- VAE in fp32, NaN checked per image. Samples of one
+    bucket are encoded together."""
     import numpy as np
     import torch
 
-    from .dataset import image_to_tensor, load_image, resize_cover_crop
+    from .train.images import pixels
 
     scale = vae.config.scaling_factor
     vae_id = module_fingerprint(vae) if to_disk else ""
     out, todo = {}, []
-    for p in paths:
+    seen = set()
+    for s in samples:
+        if s.cache_key in seen:
+            continue
+        seen.add(s.cache_key)
+        flips = flip and s.flip_aug
         if to_disk:
-            cached = _read_disk_cache(disk_cache_path(p, width, height), _file_fingerprint(p, vae_id))
+            bw, bh = s.placement.bucket
+            cached = _read_disk_cache(disk_cache_path(s.path, bw, bh), _file_fingerprint(s.path, vae_id, s.placement), flips)
             if cached is not None:
-                out[p] = torch.from_numpy(np.asarray(cached, dtype=np.float32))
+                out[latent_key(s)] = torch.from_numpy(np.asarray(cached[0], dtype=np.float32))
+                if flips:
+                    out[latent_key(s, True)] = torch.from_numpy(np.asarray(cached[1], dtype=np.float32))
                 continue
-        todo.append(p)
+        todo.append(s)
+    todo.sort(key=lambda s: s.placement.bucket)  # one bucket per VAE batch
+    groups = [[s for s in todo if s.placement.bucket == b] for b in dict.fromkeys(s.placement.bucket for s in todo)]
+    chunks = [g[i:i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
+    done = 0
     with torch.no_grad():
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            pixels = torch.stack([image_to_tensor(resize_cover_crop(load_image(p), width, height)) for p in chunk])
-            latents = vae.encode(pixels.to(device, torch.float32)).latent_dist.mean * scale
-            latents = latents.float().cpu()
-            for p, lat in zip(chunk, latents):
+        for chunk in chunks:
+            views = [(s, False) for s in chunk] + [(s, True) for s in chunk if flip and s.flip_aug]
+            px = torch.stack([pixels(s, flip=f) for s, f in views])
+            latents = (vae.encode(px.to(device, torch.float32)).latent_dist.mean * scale).float().cpu()
+            for (s, f), lat in zip(views, latents):
                 if not torch.isfinite(lat).all():
-                    raise InstantLoraError(f"the VAE produced NaN/inf latents for {p}.",
-                                           hint="check the image opens correctly; remove it or re-save it as PNG", path=p)
-                out[p] = lat
-                if to_disk:
-                    _write_disk_cache(disk_cache_path(p, width, height), lat.numpy(), _file_fingerprint(p, vae_id), width, height)
+                    raise InstantLoraError(f"the VAE produced NaN/inf latents for {s.path}.",
+                                           hint="check the image opens correctly; remove it or re-save it as PNG", path=s.path)
+                out[latent_key(s, f)] = lat
+            if to_disk:
+                for s in chunk:
+                    bw, bh = s.placement.bucket
+                    flipped = out.get(latent_key(s, True)) if flip and s.flip_aug else None
+                    _write_disk_cache(disk_cache_path(s.path, bw, bh), out[latent_key(s)].numpy(),
+                                      None if flipped is None else flipped.numpy(),
+                                      _file_fingerprint(s.path, vae_id, s.placement), s)
+            done += len(chunk)
             if progress:
-                progress(min(i + batch_size, len(todo)), len(todo))
+                progress(done, len(todo))
     return out

@@ -45,7 +45,30 @@ class TrainConfig:
     auto_caption: bool = opt(False, "Caption images that have no caption file with CLIP interrogation before training.", group="data", kohya=False)
     caption_clip_model: str = opt("ViT-L-14", "CLIP model for --auto_caption: open_clip name, weights file, or local-dir:PATH.", group="data", kohya=False)
     caption_clip_pretrained: str = opt("openai", "open_clip pretrained tag for --auto_caption (openai = SD's own CLIP).", group="data", kohya=False)
-    enable_bucket: bool = opt(False, "Aspect-ratio buckets (not supported yet: images are center-cropped to the resolution).", group="data")
+    enable_bucket: bool = opt(False, "Aspect-ratio buckets: each image trains at the size of about the training area closest to its own shape (portraits stay portrait).", group="data")
+    min_bucket_reso: int = opt(256, "Smallest bucket side in px (with --enable_bucket).", group="data")
+    max_bucket_reso: int = opt(1024, "Largest bucket side in px (with --enable_bucket).", group="data")
+    bucket_reso_steps: int = opt(64, "Bucket sides are multiples of this (64 suits SD; a multiple of 8).", group="data")
+    bucket_no_upscale: bool = opt(False, "Buckets from each image's own size: small images are not enlarged (larger ones are shrunk to the training area).", group="data")
+    reg_data_dir: Optional[str] = opt(None, "Regularization images (N_name folders, as the training folder): keep the class looking like itself; repeated to match the training images.", group="data")
+    prior_loss_weight: float = opt(1.0, "Loss weight of the regularization images (1 = as much as a training image).", group="data")
+    dataset_config: Optional[str] = opt(None, "A dataset TOML in the reference's layout ([general], [[datasets]], [[datasets.subsets]]): several folders, resolutions, batch sizes.", group="data")
+    shuffle_caption: bool = opt(False, "Shuffle the caption's comma-separated tags every step (the first --keep_tokens stay first).", group="data")
+    keep_tokens: int = opt(0, "How many tags at the start of a caption stay in place when shuffling or dropping tags (cover your trigger words).", group="data")
+    keep_tokens_separator: str = opt("", "A marker such as ||| : the caption's text before it stays fixed (instead of --keep_tokens).", group="data")
+    caption_separator: str = opt(",", "What separates the tags of a caption for shuffling and tag dropout.", group="data")
+    caption_prefix: Optional[str] = opt(None, "Text put before every caption (e.g. a trigger word).", group="data")
+    caption_suffix: Optional[str] = opt(None, "Text put after every caption.", group="data")
+    caption_dropout_rate: float = opt(0.0, "Chance that a step trains an image with an empty caption (0-1; helps the LoRA work without its words).", group="data")
+    caption_dropout_every_n_epochs: int = opt(0, "Train every N-th epoch with empty captions (0 = never).", group="data")
+    caption_tag_dropout_rate: float = opt(0.0, "Chance that each tag (except the kept ones) is left out of a step's caption (0-1).", group="data")
+    max_token_length: Optional[int] = opt(None, "Caption length in CLIP tokens: 75 (default), 150 or 225; longer captions are encoded in 75-token windows as the WebUI encodes long prompts.", group="data", choices=(75, 150, 225))
+    flip_aug: bool = opt(False, "Also train on each image mirrored left-right (not for asymmetric subjects: text, a parting, a logo).", group="data")
+    random_crop: bool = opt(False, "Crop each step at a random place instead of the centre (not with latent caching).", group="data")
+    validation_split: float = opt(0.0, "Fraction of the images held out to measure a validation loss (0 = none; 0.1 holds out one in ten).", group="data")
+    validation_seed: Optional[int] = opt(None, "Seed that picks the held-out images and the validation noise (default: the run's seed).", group="data")
+    validate_every_n_steps: Optional[int] = opt(None, "Compute the validation loss every N steps (default: once per epoch when --validation_split is set).", group="data")
+    validate_every_n_epochs: Optional[int] = opt(None, "Compute the validation loss every N epochs.", group="data")
     max_data_loader_n_workers: Optional[int] = opt(None, "Accepted for compatibility; images are loaded in the main process.", group="data")
     persistent_data_loader_workers: bool = opt(False, "Accepted for compatibility; has no effect.", group="data")
     # --- network
@@ -187,7 +210,7 @@ class TrainConfig:
         problems = []
         if not self.pretrained_model_name_or_path:
             problems.append(("pretrained_model_name_or_path", "is required: the SD1.x checkpoint to train on"))
-        if not self.train_data_dir:
+        if not self.train_data_dir and not self.dataset_config:
             problems.append(("train_data_dir", "is required: the folder with your training images"))
         try:
             w, h = self.resolution_wh()
@@ -226,10 +249,38 @@ class TrainConfig:
         if (self.sample_every_n_steps or self.sample_every_n_epochs or self.sample_at_first) and not (
                 self.sample_prompts or self.sample_prompt_text):
             problems.append(("sample_prompts", "are needed to render samples (one prompt per line)"))
+        problems += self._data_problems()
         if self.output_name is not None:
             name_issue = name_problem(self.output_name)
             if name_issue:
                 problems.append(("output_name", f"'{self.output_name:.60}' {name_issue}"))
+        return problems
+
+    def _data_problems(self) -> list[tuple[str, str]]:
+        """Buckets, long captions, augmentation and validation: combinations that cannot work."""
+        problems = []
+        if self.max_token_length not in (None, 75, 150, 225):
+            problems.append(("max_token_length", f"= {self.max_token_length} must be 75, 150 or 225 (CLIP reads 75 tokens per window)"))
+        steps = self.bucket_reso_steps
+        if isinstance(steps, int) and steps > 0:
+            if steps % 8:
+                problems.append(("bucket_reso_steps", f"= {steps} must be a multiple of 8 (the VAE shrinks images 8x); 64 suits SD"))
+            for name in ("min_bucket_reso", "max_bucket_reso"):
+                value = getattr(self, name)
+                if isinstance(value, int) and value % steps:
+                    problems.append((name, f"= {value} must be a multiple of --bucket_reso_steps ({steps})"))
+        if isinstance(self.min_bucket_reso, int) and isinstance(self.max_bucket_reso, int) and self.min_bucket_reso > self.max_bucket_reso:
+            problems.append(("min_bucket_reso", f"= {self.min_bucket_reso} is above --max_bucket_reso ({self.max_bucket_reso})"))
+        if self.random_crop and (self.cache_latents or self.cache_latents_to_disk):
+            problems.append(("random_crop", "needs each step's own crop of the image, which cached latents cannot give: "
+                             "turn off --cache_latents / --cache_latents_to_disk, or --random_crop"))
+        if (self.validate_every_n_steps or self.validate_every_n_epochs) and not self.validation_split:
+            problems.append(("validation_split", "is needed for --validate_every_n_steps/--validate_every_n_epochs: "
+                             "the fraction of images to hold out, e.g. 0.1"))
+        if self.keep_tokens_separator and self.keep_tokens_separator == self.caption_separator:
+            problems.append(("keep_tokens_separator", f"'{self.keep_tokens_separator}' is also the caption separator: use another marker such as |||"))
+        if not self.caption_separator:
+            problems.append(("caption_separator", "must not be empty (',' separates tags)"))
         return problems
 
     def check(self) -> None:

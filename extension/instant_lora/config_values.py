@@ -37,6 +37,13 @@ LIMITS = {
     "sample_every_n_epochs": (1, 1_000_000),
     "max_data_loader_n_workers": (0, 256),
     "config_version": (1, 1000),
+    "min_bucket_reso": (64, 4096), "max_bucket_reso": (64, 4096), "bucket_reso_steps": (8, 1024),
+    "prior_loss_weight": (0.0, 100.0),
+    "keep_tokens": (0, 255),
+    "caption_dropout_rate": (0.0, 1.0), "caption_dropout_every_n_epochs": (0, 1_000_000), "caption_tag_dropout_rate": (0.0, 1.0),
+    "max_token_length": (75, 225),
+    "validation_split": (0.0, 0.9), "validation_seed": (0, 2**32 - 1),
+    "validate_every_n_steps": (1, 10_000_000), "validate_every_n_epochs": (1, 1_000_000),
 }
 # What to pick, said after an out-of-range value of these fields.
 ADVICE = {"network_dim": "16-32 suits most subjects", "network_alpha": "often the rank or half of it",

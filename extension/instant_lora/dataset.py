@@ -41,6 +41,7 @@ class ImageItem:
     caption_source: str  # "file" | "folder" | "none"
     repeats: int
     subset: str
+    size: tuple | None = None  # (width, height) as trained: upright per EXIF; None when the header could not be read
 
 
 @dataclass
@@ -280,19 +281,6 @@ def load_image(path) -> Image.Image:
             raise UnreadableImageError(path, f"unsupported color mode {im.mode} ({e})") from e
 
 
-def resize_cover_crop(img: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale to cover width x height and centre-crop, in one resampling step (no double rounding)."""
-    w, h = img.size
-    if w * height > width * h:  # wider than the target: the box is the centred full-height strip
-        cw = h * width / height
-        box = ((w - cw) / 2, 0.0, (w + cw) / 2, float(h))
-    else:
-        ch = w * height / width
-        box = (0.0, (h - ch) / 2, float(w), (h + ch) / 2)
-    # reducing_gap shrinks large downscales cheaply first; the result is indistinguishable.
-    return img.resize((width, height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
-
-
 def image_to_tensor(img: Image.Image) -> "torch.Tensor":
     """float32 CHW in [-1, 1], the VAE's input range."""
     import numpy as np
@@ -399,7 +387,7 @@ def _image_problem(path: Path, decode: bool) -> tuple[str | None, tuple[int, int
     try:
         if decode:
             with _open_decoded(path) as im:
-                return None, im.size
+                return None, _upright_size(im)
         if path.stat().st_size == 0:
             return "empty file (0 bytes)", None
     except UnreadableImageError as e:
@@ -408,9 +396,19 @@ def _image_problem(path: Path, decode: bool) -> tuple[str | None, tuple[int, int
         return f"cannot open ({e.strerror or e})", None
     try:
         with Image.open(path) as im:  # reads the header only
-            return None, im.size
+            return None, _upright_size(im)
     except Exception:  # not decoding on request: problems show when training loads the file
         return None, None
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """The size load_image returns: a phone's portrait photo is stored landscape with an EXIF
+    rotation (orientations 5-8 swap the sides), and its bucket must be the portrait one."""
+    try:
+        turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # broken EXIF: load_image keeps the pixels as stored
+        turned = False
+    return (im.size[1], im.size[0]) if turned else im.size
 
 
 def _deeper_image_folders(root: Path) -> list[Path]:
@@ -482,8 +480,12 @@ def _checked_root(train_data_dir) -> Path:
     return root.resolve()
 
 
-def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: bool = True) -> DatasetScan:
+def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: bool = True,
+                 folder_as: tuple[int, str] | None = None) -> DatasetScan:
     """Find the training images, their repeats and captions; with check_images, decode every one.
+
+    folder_as=(repeats, class tokens): the folder itself holds the images (a dataset TOML's
+    subset), trained with those repeats whatever its name; its subfolders are not searched.
 
     Files that cannot be used (undecodable, unsupported type, broken or looping links, unreadable
     folders) land in ``skipped`` with a reason; usable images that are tiny or very elongated, and
@@ -496,6 +498,9 @@ def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: 
 
     groups: list[tuple[str, Path, int, str, list[Path]]] = []  # name, folder, repeats, tokens, images
     ignored = []
+    if folder_as is not None:
+        groups.append((root.name, root, int(folder_as[0]), folder_as[1] or "", direct))
+        subdirs = direct = []
     for d in subdirs:
         parsed = _parse_repeat_name(d.name)
         if parsed is None or parsed[0] < 1:
@@ -546,7 +551,7 @@ def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: 
                 if caption == "":
                     scan.empty_captions.append(path.with_name(path.stem + ext))
                 caption, source = tokens, ("folder" if tokens else "none")
-            scan.items.append(ImageItem(path, caption, source, repeats, name))
+            scan.items.append(ImageItem(path, caption, source, repeats, name, size))
             if size:
                 sizes[path] = size
             good += 1

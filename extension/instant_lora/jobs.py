@@ -15,7 +15,8 @@ import traceback
 from dataclasses import dataclass, field
 
 from .errors import InstantLoraError
-from .train.events import Cancelled, Failed, Finished, RunStopped, Sample, Saved, Status, Step, TrainControl, Warn
+from .train.events import (Cancelled, Failed, Finished, RunStopped, Sample, Saved, Status, Step, TrainControl, Validation,
+                           Warn)
 
 LOG_LINES = 200
 STATES = ("idle", "running", "finished", "cancelled", "failed")
@@ -36,6 +37,7 @@ class JobSnapshot:
     seconds: float = 0.0
     step_in_run: int = 0  # steps done in this process (a resumed run starts above 0)
     losses: list = field(default_factory=list)  # (step, loss) pairs
+    validation: list = field(default_factory=list)  # (step, validation loss, training's average loss or None)
     samples: list = field(default_factory=list)  # (caption, image path)
     saved: list = field(default_factory=list)  # paths of LoRA files
     log: list = field(default_factory=list)
@@ -77,8 +79,8 @@ class TrainingJob:
     def snapshot(self) -> JobSnapshot:
         with self._lock:
             s = self._snap
-            return JobSnapshot(**{**s.__dict__, "losses": list(s.losses), "samples": list(s.samples),
-                                  "saved": list(s.saved), "log": list(s.log)})
+            return JobSnapshot(**{**s.__dict__, "losses": list(s.losses), "validation": list(s.validation),
+                                  "samples": list(s.samples), "saved": list(s.saved), "log": list(s.log)})
 
     @property
     def version(self) -> int:
@@ -147,6 +149,9 @@ class TrainingJob:
                 s.losses.append((event.step, s.loss))
                 self._version += 1
                 s.version = self._version
+            elif isinstance(event, Validation):
+                s.validation.append((event.step, finite_or_none(event.loss), finite_or_none(event.train_avg_loss)))
+                self._append(f"validation loss at step {event.step}: {event.loss:.4f} ({event.images} held-out images)")
             elif isinstance(event, (Status, Warn)):
                 self._append(("WARNING: " if isinstance(event, Warn) else "") + event.message)
             elif isinstance(event, Saved):

@@ -27,7 +27,7 @@ FRONTS = ("cli", "app", "api", "config")
 # reference's defaults are a trap for a first run (rank 4, alpha 1, lr 2e-6), these learn.
 APP_DEFAULTS = {
     "network_dim": 16, "network_alpha": 8.0, "learning_rate": 1e-4, "max_train_epochs": 10, "cache_latents": True,
-    "mixed_precision": "fp16", "save_every_n_epochs": 2,
+    "mixed_precision": "fp16", "save_every_n_epochs": 2, "enable_bucket": True,
 }
 FRONT_DEFAULTS = {"cli": {}, "config": {}, "app": APP_DEFAULTS, "api": APP_DEFAULTS}
 HOST_OWNED = ("output_dir", "logging_dir", "lora_dir", "webui_dir")
@@ -38,6 +38,7 @@ NOT_FROM_REQUESTS = {
     "pretrained_model_name_or_path": 'pass "checkpoint": a title from the checkpoint list',
     "model_config_dir": "the host's bundled configs are used",
     "sample_prompts": "send the prompts themselves as text",
+    "dataset_config": "send the folders and options as fields (train_data_dir, reg_data_dir, ...)",
 }
 CLIP_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -71,7 +72,8 @@ class RunRequest:
 class PreparedRun:
     config: TrainConfig
     plan: object  # train.plan.TrainPlan
-    scan: object  # dataset.DatasetScan
+    scan: object  # dataset.DatasetScan: the training images (every training folder)
+    data: object = None  # train.data.TrainingData: buckets, reg balance, validation split, batches
 
     @property
     def name(self) -> str:
@@ -119,7 +121,21 @@ def _layer(request: RunRequest, host) -> tuple[dict, list]:
     coerced, type_problems = coerce_values(user)
     problems += type_problems
     merged.update(coerced)
+    _keep_trigger_words_first(merged, set(coerced))
     return merged, problems
+
+
+def _keep_trigger_words_first(values: dict, given: set) -> None:
+    """Shuffling or dropping tags must not move the trigger words (they start every caption the
+    captioner writes): keep_tokens covers them unless the user chose keep_tokens or a separator."""
+    trigger = values.get("trigger_words")
+    spread = values.get("shuffle_caption") or values.get("caption_tag_dropout_rate")
+    if not (trigger and spread) or "keep_tokens" in given or values.get("keep_tokens_separator"):
+        return
+    from .captions import trigger_keep_tokens
+
+    values["keep_tokens"] = max(int(values.get("keep_tokens") or 0),
+                                trigger_keep_tokens(trigger, values.get("caption_separator") or ","))
 
 
 def _host_owned(request: RunRequest, host, values: dict, problems: list) -> None:
@@ -185,15 +201,16 @@ def _check_folders(config: TrainConfig, problems: list) -> None:
     """The dataset folder exists and is readable; named, and nothing else about the server said."""
     import os
 
-    data = config.train_data_dir
-    if not data:
-        return
-    path = Path(data).expanduser()
-    if not path.is_dir():
-        problems.append(("train_data_dir", f"{data} is not a folder on this machine"
-                         + (" (it is a file: pass the folder that holds it)" if path.is_file() else "")))
-    elif not os.access(path, os.R_OK | os.X_OK):
-        problems.append(("train_data_dir", f"{data} cannot be read (permission denied)"))
+    for key in ("train_data_dir", "reg_data_dir"):
+        data = getattr(config, key)
+        if not data or (key == "train_data_dir" and config.dataset_config):
+            continue
+        path = Path(data).expanduser()
+        if not path.is_dir():
+            problems.append((key, f"{data} is not a folder on this machine"
+                             + (" (it is a file: pass the folder that holds it)" if path.is_file() else "")))
+        elif not os.access(path, os.R_OK | os.X_OK):
+            problems.append((key, f"{data} cannot be read (permission denied)"))
 
 
 def _sample_prompts(config: TrainConfig, problems: list) -> tuple:
@@ -255,7 +272,6 @@ def _dedupe(problems):
 
 def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, scan=None, check_output: bool = True) -> PreparedRun:
     """The one path from a request to a run: validated config + dataset scan + plan."""
-    from .dataset import scan_dataset
     from .output_paths import resolve_output_dir
     from .train.plan import make_plan
 
@@ -278,16 +294,21 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
                                                  named=bool(config.output_name))
         if refusal:
             raise RequestError([("output_name", refusal)], status=409)
-    if scan is None:
-        scan = scan_dataset(config.train_data_dir, config.caption_extension)
+    from .train.data import merge_scans, scan_parts, train_scans, training_data
+
+    specs = _specs(config)
+    parts = scan_parts(specs, scan=scan)
+    scan = merge_scans(train_scans(parts))
     if check_output:
         from .output_paths import check_writable
 
         check_writable(output_dir)
     seed = config.seed if config.seed is not None else random.randint(0, 2**31 - 1)
+    data = training_data(config, seed=seed, parts=parts)
+    data.warnings[:0] = list(getattr(specs, "warnings", ()))  # what the dataset TOML asked for that is not done
     name = config.output_name or "last"
     run_name = f"{config.log_prefix or ''}{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    plan = make_plan(config, len(scan.items), scan.num_train_images, cuda=detect_cuda() if cuda is None else cuda,
+    plan = make_plan(config, cuda=detect_cuda() if cuda is None else cuda, data=data,
                      explicit=request.explicit, seed=seed, reference_warnings=request.front == "cli",
                      output_dir=str(output_dir), logging_dir=config.logging_dir or str(Path(output_dir) / "logs"),
                      run_name=run_name, sample_prompts=prompts)
@@ -295,7 +316,17 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
         from dataclasses import replace
 
         plan = replace(plan, warnings=(*plan.warnings, replace_warning))
-    return PreparedRun(config=config, plan=plan, scan=scan)
+    return PreparedRun(config=config, plan=plan, scan=scan, data=data)
+
+
+def _specs(config):
+    """The dataset specs (flags or --dataset_config), problems as a RequestError naming the field."""
+    from .dataset_config import dataset_specs
+
+    try:
+        return dataset_specs(config)
+    except InstantLoraError as e:
+        raise RequestError([("dataset_config" if config.dataset_config else "train_data_dir", e.message)], hint=e.hint) from e
 
 
 def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[tuple[str, str]]]:
@@ -324,6 +355,18 @@ def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[t
     except InstantLoraError as e:
         problems.append(("sample_prompts", e.message))
         prompts = ()
-    plan = make_plan(config, len(scan.items), scan.num_train_images, cuda=detect_cuda(), seed=config.seed,
-                     reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts)
+    data = None
+    try:
+        from .train.data import scan_parts, training_data
+
+        parts = scan_parts(_specs(config), scan=scan, check_images=False)
+        data = training_data(config, seed=config.seed or 0, parts=parts)
+    except InstantLoraError as e:
+        problems.append(("reg_data_dir" if "regularization" in e.message else "train_data_dir", e.message))
+    if data is None:
+        plan = make_plan(config, len(scan.items), scan.num_train_images, cuda=detect_cuda(), seed=config.seed,
+                         reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts)
+    else:
+        plan = make_plan(config, cuda=detect_cuda(), seed=config.seed, data=data,
+                         reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts)
     return plan, problems

@@ -38,6 +38,21 @@ class Step:
 
 
 @dataclass
+class Validation:
+    """The loss on the held-out images (fixed timesteps and noise: comparable from one
+    evaluation to the next). A training loss that falls while this rises is overfitting."""
+    step: int
+    epoch: int
+    loss: float
+    images: int  # held-out images it averaged over
+    train_avg_loss: float | None = None  # the training loss's moving average at that step
+
+    @property
+    def divergence(self) -> float | None:
+        return None if self.train_avg_loss is None else self.loss - self.train_avg_loss
+
+
+@dataclass
 class Saved:
     path: str
     step: int
@@ -174,6 +189,8 @@ class ConsoleSink:
             self.bar.update(event.step - self.bar.n)
             self.bar.set_postfix(loss=f"{event.loss:.4f}", avg=f"{event.avg_loss:.4f}", lr=f"{event.lr:.2e}",
                                  epoch=event.epoch, refresh=False)
+        elif isinstance(event, Validation):
+            self._print(f"validation loss at step {event.step}: {event.loss:.4f} ({event.images} held-out images)")
         elif isinstance(event, Saved):
             self._print(f"saved {event.kind}: {event.path}")
         elif isinstance(event, Sample):
@@ -243,6 +260,12 @@ class TensorBoardSink:
             self.writer.add_scalar("loss/current", event.loss, event.step)
             self.writer.add_scalar("loss/average", event.avg_loss, event.step)
             self.writer.add_scalar("lr/unet", event.lr, event.step)
+        elif isinstance(event, Validation):
+            if self.writer is None:
+                self.writer = self._writer_class(log_dir=str(self.log_dir))
+            self.writer.add_scalar("loss/validation", event.loss, event.step)
+            if event.divergence is not None:
+                self.writer.add_scalar("loss/validation_divergence", event.divergence, event.step)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InstantLoraError
-from .events import Cancelled, Emitter, Failed, Finished, RunStopped, Sample, Status, Step, TrainControl, Warn
-from .objective import epoch_order
+from .events import Cancelled, Emitter, Failed, Finished, RunStopped, Sample, Status, Step, TrainControl, Validation, Warn
 
 NAN_PATIENCE = 5  # consecutive non-finite losses before the run stops (fp16 overflow, bad data)
 
@@ -36,12 +35,14 @@ class Run:
     def __init__(self, prepared, *, model=None, sinks=(), control: TrainControl | None = None):
         self.prepared = prepared
         self.config, self.plan, self.scan = prepared.config, prepared.plan, prepared.scan
+        self.data = prepared.data
         self.model = model
         self.emit = Emitter(list(sinks))
         self.control = control or TrainControl()
         self.saved: list[Path] = []
         self.stage = "dataset"
         self.step = 0
+        self.epoch = 0  # 0-based, the one being trained
         self.start_step = 0
         self.t0 = time.time()
         self.output_dir = Path(self.plan.output_dir)
@@ -54,7 +55,6 @@ class Run:
 
     # ---- setup ---------------------------------------------------------------------------
     def prepare(self) -> None:
-        from ..dataset import scan_dataset
         from ..output_paths import clean_leftovers
         from .plan import describe
 
@@ -69,13 +69,14 @@ class Run:
         if cfg.auto_caption and any(i.caption_source != "file" for i in self.scan.items):
             self.enter("captioning")
             self._auto_caption()
-            self.scan = scan_dataset(cfg.train_data_dir, cfg.caption_extension)
-            if self.scan.num_train_images != plan.num_train_images:
-                raise InstantLoraError(f"the dataset changed while captioning ({plan.num_train_images} images planned, "
-                                       f"{self.scan.num_train_images} now)", hint="start the training again")
+            self._rescan(plan)
         for note in self.scan.notes:
             self.emit(Status(note))
         self.emit(Status(self.scan.summary()))
+        if self.data is None:  # a PreparedRun made by hand (tests, hosts): the same data the request path makes
+            from .data import training_data
+
+            self.data = training_data(cfg, seed=plan.seed, scan=self.scan)
         for w in plan.warnings:
             self.emit(Warn(w))
         from .estimate import run_estimate
@@ -83,6 +84,19 @@ class Run:
         for line in describe(plan, estimate=run_estimate(plan, self.model)):  # torch tells the device now
             self.emit(Status(f"plan: {line}"))
         self.emit(Status(f"output: {plan.final_path()}"))
+
+    def _rescan(self, plan) -> None:
+        """The captions just written are the ones to train on: the same images, read again."""
+        from ..request import _specs
+        from .data import merge_scans, scan_parts, train_scans, training_data
+
+        parts = scan_parts(_specs(self.config))
+        self.scan = merge_scans(train_scans(parts))
+        data = training_data(self.config, seed=plan.seed, parts=parts)
+        if self.data is not None and data.num_train_images != self.data.num_train_images:
+            raise InstantLoraError(f"the dataset changed while captioning ({self.data.num_train_images} images planned, "
+                                   f"{data.num_train_images} now)", hint="start the training again")
+        self.data = data
 
     def _auto_caption(self) -> None:
         from ..captioning import CaptionOptions, caption_folder, free_clip_model
@@ -194,22 +208,41 @@ class Run:
     def build_caches(self) -> None:
         import torch
 
-        from ..cache import encode_captions, encode_images
+        from .. import cache
+        from ..text_windows import MAX_WINDOWS, count_cut
+        from .images import ImageMemory
 
-        cfg, plan, m = self.config, self.plan, self.model
+        cfg, plan, m, data = self.config, self.plan, self.model, self.data
         self.latents = None
-        paths = list(dict.fromkeys(i.path for i in self.scan.items))
+        self.images = ImageMemory()  # the uncached path's resized images
+        self.max_windows = MAX_WINDOWS[cfg.max_token_length]
+        for line in data.lines():
+            self.emit(Status(line))
+        samples = data.samples + data.validation
         if cfg.cache_latents or cfg.cache_latents_to_disk:
-            self.emit(Status(f"caching latents of {len(paths)} images (VAE runs once per image)..."))
-            self.latents = encode_images(m.vae, paths, plan.width, plan.height, device=self.device, to_disk=cfg.cache_latents_to_disk,
-                                         progress=lambda done, total: self.control.check("caching"))
-            m.vae.to("cpu")  # not needed again this run: free its VRAM
+            flipped = sum(s.flip_aug for s in samples)
+            self.emit(Status(f"caching latents of {len(samples)} images in {len(data.bucket_rows())} bucket(s) "
+                             f"(VAE runs once per image{', twice for the mirrored copy' if flipped else ''})..."))
+            self.latents = cache.encode_images(m.vae, samples, device=self.device, to_disk=cfg.cache_latents_to_disk, flip=True,
+                                               progress=lambda done, total: self.control.check("caching"))
+            m.vae.to("cpu")  # not needed again this run (held-out images are cached too): free its VRAM
+        fixed = [s.rules.fixed(s.caption) for s in samples]
+        cut = count_cut(m.tokenizer, fixed, self.max_windows)  # per image, as the user counts them
+        if cut:
+            self.emit(Warn(f"{cut} image(s)' captions are longer than --max_token_length {cfg.max_token_length or 75} tokens and are cut "
+                           f"there (the words after it are not learned): shorten them, or use --max_token_length=150 or 225"))
         self.text_cache = None
+        self.empty_window = None
+        varies = any(s.rules.varies for s in data.samples)
         if not plan.train_text_encoder:
-            self.emit(Status("text encoder frozen: caching its outputs for each caption"))
-            self.text_cache = encode_captions(m.text_encoder, m.tokenizer, [i.caption for i in self.scan.items],
-                                              clip_skip=cfg.clip_skip, device=self.device, dtype=self.weight_dtype)
-            m.text_encoder.to("cpu")
+            self.emit(Status("text encoder frozen: caching its outputs for each caption"
+                             + (" (captions that change every step, by shuffling or dropout, are encoded at each step)" if varies else "")))
+            self.text_cache = cache.encode_captions(m.text_encoder, m.tokenizer, fixed, clip_skip=cfg.clip_skip,
+                                                    device=self.device, dtype=self.weight_dtype, max_windows=self.max_windows)
+            self.empty_window = cache.encode_captions(m.text_encoder, m.tokenizer, [""], clip_skip=cfg.clip_skip,
+                                                      device=self.device, dtype=self.weight_dtype)[""]
+            if not varies:
+                m.text_encoder.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -234,18 +267,39 @@ class Run:
         self.optimizer, self.scheduler = prepared[-2], prepared[-1]
 
     # ---- one step --------------------------------------------------------------------------
-    def _batch_loss(self, items, micro_index: int):
+    def _batch_loss(self, samples, micro_index: int):
         from .objective import batch_loss
 
-        return batch_loss(self, items, micro_index)
+        return batch_loss(self, samples, micro_index, self.epoch)
+
+    def latents_of_validation(self, sample):
+        """A held-out image's latents: cached with the rest, else encoded now (centre crop, not mirrored)."""
+        import torch
+
+        from ..cache import latent_key
+        from .images import pixels
+
+        if self.latents is not None:
+            return self.latents[latent_key(sample)].to(self.device)
+        with torch.no_grad():
+            vae = self.model.vae
+            px = pixels(sample, memory=self.images)[None].to(self.device, torch.float32)
+            return (vae.encode(px).latent_dist.mean * vae.config.scaling_factor)[0]
+
+    def _validate(self, step: int, epoch: int, losses: list) -> None:
+        from .objective import validation_loss
+
+        recent = [x for x in losses[-50:] if x == x]
+        loss = validation_loss(self)
+        self.emit(Validation(step=step, epoch=epoch, loss=loss, images=len(self.data.validation),
+                             train_avg_loss=sum(recent) / len(recent) if recent else None))
 
     def run(self) -> TrainResult:
         import torch
 
-        cfg, plan = self.config, self.plan
-        items = [it for it in self.scan.items for _ in range(it.repeats)]
+        cfg, plan, data = self.config, self.plan, self.data
         self.start_step = step = self._maybe_resume()
-        gas, bs = plan.accumulation, plan.batch_size
+        gas = plan.accumulation
         params = self.unet_params + self.te_params
         losses, bad_streak, cancelled = [], 0, False
         from .metadata import run_clock
@@ -260,16 +314,15 @@ class Run:
         if plan.samples_at(0) and step == 0:
             self._sample(0)
         while step < plan.max_train_steps and not cancelled:
-            epoch = step // plan.steps_per_epoch
-            order = epoch_order(len(items), plan.seed, epoch)
-            batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+            self.epoch = epoch = step // plan.steps_per_epoch
+            batches = data.epoch_batches(plan.seed, epoch)
             first = (step - epoch * plan.steps_per_epoch) * gas
             for b in range(first, len(batches), gas):
                 group = batches[b:b + gas]
                 step_loss = 0.0
                 for j, idx in enumerate(group):
                     micro = (epoch * plan.batches_per_epoch) + b + j
-                    loss = self._batch_loss([items[i] for i in idx], micro)
+                    loss = self._batch_loss([data.samples[i] for i in idx], micro)
                     self.accelerator.backward(loss / len(group))
                     step_loss += float(loss.detach()) / len(group)
                 if cfg.max_grad_norm > 0:
@@ -287,6 +340,8 @@ class Run:
                 self.emit(Step(step=step, total=plan.max_train_steps, epoch=epoch + 1, loss=step_loss,
                                avg_loss=sum(recent) / max(len(recent), 1), lr=self.scheduler.get_last_lr()[0],
                                seconds=time.time() - self.t0))
+                if plan.validates_at(step):
+                    self._validate(step, epoch + 1, losses)
                 if step >= plan.max_train_steps:
                     break
                 for planned in plan.saves_at(step):  # the plan's schedule, nothing computed here

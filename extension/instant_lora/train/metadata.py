@@ -29,7 +29,7 @@ def run_clock() -> float:
 
 
 def build_metadata(config, plan, scan, model, *, output_name: str, started_at: float, step: int, epoch: int,
-                   finished: bool, optimizer: str = "") -> dict:
+                   finished: bool, optimizer: str = "", data=None) -> dict:
     w, h = plan.width, plan.height
     md = {
         "ss_session_id": str(zlib.crc32(f"{plan.seed}-{started_at}-{output_name}".encode()) % 2**31),
@@ -65,17 +65,34 @@ def build_metadata(config, plan, scan, model, *, output_name: str, started_at: f
         "ss_v2": False,
         "ss_base_model_version": "sd_v1",
         "ss_clip_skip": config.clip_skip,
-        "ss_max_token_length": None,
+        "ss_max_token_length": config.max_token_length,
         "ss_noise_offset": config.noise_offset,
         "ss_min_snr_gamma": config.min_snr_gamma,
-        "ss_num_train_images": scan.num_train_images,
+        "ss_num_train_images": data.num_train_images if data is not None else scan.num_train_images,
         "ss_cache_latents": config.cache_latents or config.cache_latents_to_disk,
         "ss_batch_size_per_device": plan.batch_size,
         "ss_total_batch_size": plan.batch_size * config.gradient_accumulation_steps,
         "ss_resolution": f"({w}, {h})",
-        "ss_enable_bucket": False,
-        "ss_bucket_info": json.dumps({"buckets": {"0": {"resolution": [w, h], "count": scan.num_train_images}},
+        "ss_enable_bucket": bool(config.enable_bucket),
+        "ss_min_bucket_reso": config.min_bucket_reso if config.enable_bucket else None,
+        "ss_max_bucket_reso": config.max_bucket_reso if config.enable_bucket else None,
+        "ss_bucket_no_upscale": bool(config.bucket_no_upscale) if config.enable_bucket else None,
+        "ss_bucket_info": json.dumps(data.bucket_info() if data is not None else
+                                     {"buckets": {"0": {"resolution": [w, h], "count": scan.num_train_images}},
                                       "mean_img_ar_error": 0.0}),
+        "ss_reg_dataset_dirs": json.dumps(data.reg_dirs if data is not None else {}),
+        "ss_num_reg_images": data.num_reg_images if data is not None else 0,
+        "ss_prior_loss_weight": config.prior_loss_weight,
+        "ss_shuffle_caption": bool(config.shuffle_caption),
+        "ss_keep_tokens": config.keep_tokens,
+        "ss_caption_dropout_rate": config.caption_dropout_rate,
+        "ss_caption_dropout_every_n_epochs": config.caption_dropout_every_n_epochs,
+        "ss_caption_tag_dropout_rate": config.caption_tag_dropout_rate,
+        "ss_flip_aug": bool(config.flip_aug),
+        "ss_random_crop": bool(config.random_crop),
+        "ss_validation_split": config.validation_split,
+        "ss_validation_seed": config.validation_seed,
+        "ss_num_validation_images": len(data.validation) if data is not None else 0,
         "ss_dataset_dirs": json.dumps(scan.dataset_dirs()),
         "ss_tag_frequency": json.dumps(scan.tag_frequency()),
         "ss_caption_extension": config.caption_extension,

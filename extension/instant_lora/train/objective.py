@@ -32,39 +32,135 @@ def min_snr_weights(noise_scheduler, timesteps, gamma: float):
     return torch.minimum(snr, torch.full_like(snr, gamma)) / snr
 
 
-def batch_loss(run, items, micro_index: int):
-    """Mean diffusion loss of one micro-batch: latents (cached or encoded now), text features,
-    noise and timesteps drawn from (seed, micro-batch index), the UNet's noise prediction, MSE
-    per image, optionally min-SNR weighted."""
+def step_rng(seed: int, kind: str, micro_index: int, position: int):
+    """Python randomness of one sample in one micro-batch (caption, flip, crop): a pure function
+    of (seed, kind, position), like the noise."""
+    import random
+
+    return random.Random(f"{kind}-{seed}-{micro_index}-{position}")
+
+
+def batch_latents(run, samples, micro_index: int):
+    """Latents of the batch: cached (both orientations when flipping), or encoded now from the
+    images kept in memory; each sample flipped and cropped as this step draws it."""
+    import torch
+
+    from ..cache import latent_key
+    from .images import crop_box, pixels
+
+    plan = run.plan
+    flips = [s.flip_aug and step_rng(plan.seed, "flip", micro_index, j).random() < 0.5 for j, s in enumerate(samples)]
+    if run.latents is not None:
+        return torch.stack([run.latents[latent_key(s, f)] for s, f in zip(samples, flips)]).to(run.device)
+    crops = [crop_box(s, step_rng(plan.seed, "crop", micro_index, j)) for j, s in enumerate(samples)]
+    with torch.no_grad():
+        px = torch.stack([pixels(s, flip=f, crop=c, memory=run.images) for s, f, c in zip(samples, flips, crops)])
+        vae = run.model.vae
+        return vae.encode(px.to(run.device, torch.float32)).latent_dist.mean * vae.config.scaling_factor
+
+
+def step_captions(run, samples, micro_index: int, epoch: int) -> list[str]:
+    """Each sample's caption for this step: shuffled / dropped per its rules (seeded), else as written."""
+    from ..captions import process_caption
+
+    seed = run.plan.seed
+    return [process_caption(s.caption, s.rules, step_rng(seed, "caption", micro_index, j), epoch + 1)
+            if s.rules.varies else s.rules.fixed(s.caption) for j, s in enumerate(samples)]
+
+
+def text_states(run, captions: list[str]):
+    """Hidden states [b, 77 * windows, dim]: from the cache when every caption is in it (padded to
+    the batch's window count with the empty window, as the WebUI pads a batch), else encoded now."""
+    import torch
+
+    from ..text_windows import batch_window_ids, encode_windows
+
+    cache = run.text_cache
+    if cache is not None and all(c in cache for c in captions):
+        states = [cache[c] for c in captions]
+        longest = max(s.shape[0] for s in states)
+        empty = run.empty_window
+        padded = [torch.cat([s] + [empty] * ((longest - s.shape[0]) // empty.shape[0])) if s.shape[0] < longest else s
+                  for s in states]
+        return torch.stack(padded)
+    ids, _ = batch_window_ids(run.model.tokenizer, captions, run.max_windows)
+    ids = ids.to(run.device)
+    if run.te_fwd is None:  # frozen: captions that change every step are encoded without gradients
+        with torch.no_grad():
+            return encode_windows(run.model.text_encoder, ids, run.config.clip_skip)
+    return encode_windows(run.te_fwd, ids, run.config.clip_skip)
+
+
+def diffusion_loss(run, latents, hidden, g, weights=None, timesteps=None):
+    """Per-sample MSE between the UNet's prediction and the noise (drawn from `g`), at random
+    timesteps unless given; weights multiply each sample's loss (regularization images)."""
     import torch
     import torch.nn.functional as F
 
-    from ..cache import encode_text, tokenize
-    from ..dataset import image_to_tensor, load_image, resize_cover_crop
-
-    cfg, plan, m = run.config, run.plan, run.model
-    if run.latents is not None:
-        latents = torch.stack([run.latents[i.path] for i in items]).to(run.device)
-    else:
-        with torch.no_grad():
-            px = torch.stack([image_to_tensor(resize_cover_crop(load_image(i.path), plan.width, plan.height)) for i in items])
-            latents = m.vae.encode(px.to(run.device, torch.float32)).latent_dist.mean * m.vae.config.scaling_factor
+    cfg, m = run.config, run.model
     latents = latents.to(run.weight_dtype)
-    if run.text_cache is not None:
-        hidden = torch.stack([run.text_cache[i.caption] for i in items])
-    else:
-        ids = tokenize(m.tokenizer, [i.caption for i in items]).to(run.device)
-        hidden = encode_text(run.te_fwd, ids, cfg.clip_skip)
-    g = rng(plan.seed, 2, micro_index)
     bsz = latents.shape[0]
     noise = torch.randn(latents.shape, generator=g)
-    if cfg.noise_offset:
+    if cfg.noise_offset and timesteps is None:
         noise = noise + cfg.noise_offset * torch.randn((bsz, latents.shape[1], 1, 1), generator=g)
-    timesteps = torch.randint(0, m.noise_scheduler.config.num_train_timesteps, (bsz,), generator=g)
+    if timesteps is None:
+        timesteps = torch.randint(0, m.noise_scheduler.config.num_train_timesteps, (bsz,), generator=g)
     noise, timesteps = noise.to(run.device, latents.dtype), timesteps.to(run.device)
     noisy = m.noise_scheduler.add_noise(latents, noise, timesteps)
     pred = run.unet_fwd(noisy, timesteps, hidden.to(run.weight_dtype)).sample
     loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    if weights is not None:
+        loss = loss * weights.to(loss.device)
+    return loss, timesteps
+
+
+def batch_loss(run, samples, micro_index: int, epoch: int = 0):
+    """Mean diffusion loss of one micro-batch: latents (cached or encoded now), the step's
+    captions, noise and timesteps drawn from (seed, micro-batch index), the UNet's noise
+    prediction, MSE per image, regularization images weighted by --prior_loss_weight,
+    optionally min-SNR weighted."""
+    import torch
+
+    cfg, plan = run.config, run.plan
+    latents = batch_latents(run, samples, micro_index)
+    hidden = text_states(run, step_captions(run, samples, micro_index, epoch))
+    weights = None
+    if any(s.is_reg for s in samples):
+        weights = torch.tensor([cfg.prior_loss_weight if s.is_reg else 1.0 for s in samples])
+    loss, timesteps = diffusion_loss(run, latents, hidden, rng(plan.seed, 2, micro_index), weights)
     if cfg.min_snr_gamma:
-        loss = loss * min_snr_weights(m.noise_scheduler, timesteps, cfg.min_snr_gamma)
+        loss = loss * min_snr_weights(run.model.noise_scheduler, timesteps, cfg.min_snr_gamma)
     return loss.mean()
+
+
+VALIDATION_TIMESTEPS = (200, 400, 600, 800)  # the reference's: linspace(0, 1000, 6)[1:-1]
+
+
+def validation_loss(run) -> float:
+    """Mean plain MSE over the held-out images, each at the same fixed timesteps with the same
+    noise every time (drawn from the validation seed and the image's position): the number moves
+    only when the LoRA does, so evaluations compare along a run and between runs. LoRA dropout
+    is off while it runs; no Min-SNR or prior weighting, so runs with other weightings compare too."""
+    import torch
+
+    data, plan = run.data, run.plan
+    seed = run.config.validation_seed if run.config.validation_seed is not None else plan.seed
+    total, count = 0.0, 0
+    nets = [n for n in (run.unet_fwd, run.te_fwd) if n is not None]
+    modes = [n.training for n in nets]
+    for n in nets:
+        n.eval()
+    try:
+        with torch.no_grad():
+            for index, s in enumerate(data.validation):
+                latents = run.latents_of_validation(s)
+                hidden = text_states(run, [s.rules.fixed(s.caption)])
+                for t in VALIDATION_TIMESTEPS:
+                    steps = torch.tensor([min(t, run.model.noise_scheduler.config.num_train_timesteps - 1)])
+                    loss, _ = diffusion_loss(run, latents[None], hidden, rng(seed, 4, index, t), timesteps=steps)
+                    total += float(loss.sum())
+                    count += 1
+    finally:
+        for n, mode in zip(nets, modes):
+            n.train(mode)
+    return total / max(count, 1)

@@ -50,6 +50,11 @@ class TrainPlan:
     gradient_checkpointing: bool = False  # for the time estimate (train/estimate.py)
     cache_latents: bool = True
     model_path: str = ""  # the base model as the config names it (its size scales the estimate)
+    data_lines: tuple = ()  # the bucket table, the reg balance, the validation split (train.data)
+    validation_steps: tuple = ()  # steps after which the validation loss is measured
+
+    def validates_at(self, step: int) -> bool:
+        return step in self.validation_steps
 
     @property
     def lora_scale(self) -> float:
@@ -102,13 +107,32 @@ def sample_schedule(max_steps: int, steps_per_epoch: int, every_steps: int | Non
     return tuple(sorted(steps))
 
 
-def make_plan(config, num_images: int, num_train_images: int, *, cuda: bool, explicit: frozenset | set = frozenset(),
+def validation_schedule(max_steps: int, steps_per_epoch: int, every_steps: int | None, every_epochs: int | None) -> tuple:
+    """Once per epoch unless told otherwise (the reference's default), and always at the end."""
+    steps = set()
+    if every_steps:
+        steps.update(range(every_steps, max_steps, every_steps))
+    if every_epochs or not every_steps:
+        n = every_epochs or 1
+        steps.update(e * steps_per_epoch for e in range(n, -(-max_steps // steps_per_epoch), n))
+    steps.add(max_steps)
+    return tuple(sorted(steps))
+
+
+def make_plan(config, num_images: int = 0, num_train_images: int = 0, *, cuda: bool, explicit: frozenset | set = frozenset(),
               seed: int | None = None, reference_warnings: bool = True, output_dir: str | None = None,
-              logging_dir: str | None = None, run_name: str = "", sample_prompts: tuple = ()) -> TrainPlan:
+              logging_dir: str | None = None, run_name: str = "", sample_prompts: tuple = (), data=None) -> TrainPlan:
+    """`data` (train.data.TrainingData) gives the image counts and the batches per epoch (its
+    buckets never mix, so a bucket's last batch may be short); without it one square size."""
     warnings = []
     w, h = config.resolution_wh()
     bs = config.train_batch_size
-    batches = max(1, math.ceil(num_train_images / bs))
+    if data is not None:
+        num_images, num_train_images = data.num_images, data.num_train_images
+        batches = max(1, data.batches_per_epoch)
+        warnings += data.warnings
+    else:
+        batches = max(1, math.ceil(num_train_images / bs))
     steps_per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
     if config.max_train_epochs:
         max_steps = config.max_train_epochs * steps_per_epoch
@@ -135,8 +159,9 @@ def make_plan(config, num_images: int, num_train_images: int, *, cuda: bool, exp
             warnings.append("learning_rate not set: using 2e-6 (the reference default), which barely moves a LoRA; try --learning_rate=1e-4.")
     if config.full_fp16 or config.full_bf16:
         warnings.append("--full_fp16/--full_bf16 ignored: LoRA weights always train in fp32 (the frozen model still uses --mixed_precision).")
-    if config.enable_bucket:
-        warnings.append("--enable_bucket: aspect-ratio buckets are not supported yet; images are resized and center-cropped.")
+    if (config.keep_tokens or config.keep_tokens_separator) and not (config.shuffle_caption or config.caption_tag_dropout_rate):
+        warnings.append("--keep_tokens / --keep_tokens_separator only matter with --shuffle_caption or "
+                        "--caption_tag_dropout_rate: captions are used as written.")
     if max_steps < warmup:
         warnings.append(f"lr_warmup_steps {warmup} is more than the run's {max_steps} steps: the learning rate never reaches its value.")
     lr = config.learning_rate
@@ -158,6 +183,9 @@ def make_plan(config, num_images: int, num_train_images: int, *, cuda: bool, exp
         gradient_checkpointing=bool(config.gradient_checkpointing),
         cache_latents=bool(config.cache_latents or config.cache_latents_to_disk),
         model_path=str(config.pretrained_model_name_or_path or ""),
+        data_lines=tuple(data.lines()) if data is not None else (),
+        validation_steps=validation_schedule(max_steps, steps_per_epoch, config.validate_every_n_steps,
+                                             config.validate_every_n_epochs) if data is not None and data.validation else (),
     )
 
 
@@ -168,6 +196,10 @@ def describe(plan: TrainPlan, estimate=None, markdown: bool = False) -> list[str
     lines = [f"{plan.num_images} images x repeats = {plan.num_train_images} per epoch / batch {plan.batch_size}"
              + (f" x accumulation {acc}" if acc > 1 else "")
              + f" = {plan.steps_per_epoch} steps per epoch; {plan.max_train_steps} steps = {plan.num_epochs} epoch(s)"]
+    lines += list(plan.data_lines)
+    if plan.validation_steps:
+        lines.append(f"validation loss at {len(plan.validation_steps)} point(s) of the run (a validation loss that rises "
+                     f"while the training loss falls means overfitting: use an earlier save)")
     inter = plan.intermediate_saves
     if inter:
         kinds = sorted({s.kind for s in inter})

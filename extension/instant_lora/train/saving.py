@@ -45,7 +45,7 @@ def save(run, stem: str, step: int, epoch: int, kind: str, finished: bool = Fals
     sd = extract_state_dict(m.unet, m.text_encoder if run.te_params else None, dtype=dtype)
     md = build_metadata(cfg, run.plan, run.scan, m, output_name=cfg.output_name or run.output_name,
                         started_at=getattr(run, "started_at", None) or run_clock(), step=step, epoch=epoch, finished=finished,
-                        optimizer=run.optimizer_desc)
+                        optimizer=run.optimizer_desc, data=getattr(run, "data", None))
     path = save_lora_file(file_in(run.output_dir, stem, ".safetensors"), sd, md)
     write_sidecar(path, activation_text=cfg.trigger_words,
                   description=f"Instant LoRA, {step} steps on {run.scan.root.name} ({run.scan.num_train_images} images x repeats)")

@@ -2,7 +2,7 @@
 build_ui is called, so the WebUI can import the extension cheaply.
 
     fields.py      the form's settings: which config fields, where they start, what the user set
-    handlers/      what the controls do, as plain functions (dataset, run, progress)
+    handlers/      what the controls do, as plain functions (dataset, buckets, run, progress)
     testing.py     the Test panel's work (also used by the WebUI's REST grid route)
     actions.py     every handler in one import
     sections/      the page's sections, each a builder returning its components

@@ -35,17 +35,33 @@ ADVANCED_FIELDS = [
     ("gradient_accumulation_steps", "Gradient accumulation"), ("save_state", "Save resumable state"),
     ("max_train_steps", "Steps (when Epochs is empty)"),
 ]
-FORM_FIELDS = [name for name, _ in BASIC_FIELDS + ADVANCED_FIELDS]
+# Section 1's fields: the regularization folder beside the dataset folder, then "Dataset options"
+# in groups (buckets, captions, augmentation, validation).
+REG_FIELDS = [("reg_data_dir", "Regularization folder"), ("prior_loss_weight", "Prior loss weight")]
+DATASET_GROUPS = [
+    ("Aspect-ratio buckets", [("enable_bucket", "Aspect-ratio buckets"), ("bucket_no_upscale", "Don't upscale small images"),
+                              ("min_bucket_reso", "Min bucket size"), ("max_bucket_reso", "Max bucket size")]),
+    ("Captions", [("shuffle_caption", "Shuffle tags"), ("keep_tokens", "Keep first N tags"),
+                  ("max_token_length", "Max caption length"), ("caption_dropout_rate", "Caption dropout"),
+                  ("caption_tag_dropout_rate", "Tag dropout")]),
+    ("Augmentation", [("flip_aug", "Flip images"), ("random_crop", "Random crop")]),
+    ("Validation", [("validation_split", "Validation split"), ("validate_every_n_steps", "Validate every N steps")]),
+]
+DATASET_FIELDS = REG_FIELDS + [pair for _, group in DATASET_GROUPS for pair in group]
+BUCKET_FIELDS = ("resolution", "enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso")  # the dataset view's buckets
+FORM_FIELDS = [name for name, _ in BASIC_FIELDS + ADVANCED_FIELDS + DATASET_FIELDS]
 # Labels of what the request names that is not a form field (for messages that list problems).
 OTHER_LABELS = {
     "train_data_dir": "Dataset folder", "checkpoint": "Base model", "pretrained_model_name_or_path": "Base model",
     "preset": "Preset", "sample_prompts": "Sample prompts", "sample_prompt_text": "Sample prompts",
     "sample_every_n_steps": "Sample every N steps",
 }
-LABELS = {**dict(BASIC_FIELDS + ADVANCED_FIELDS), **OTHER_LABELS}
+LABELS = {**dict(BASIC_FIELDS + ADVANCED_FIELDS + DATASET_FIELDS), **OTHER_LABELS}
 FORM_ONLY_DEFAULTS = {"output_name": "my_lora"}  # pre-filled in the form; a request must name its LoRA
-CHOICES = {"optimizer_type": list(OPTIMIZERS)}
+CHOICES = {"optimizer_type": list(OPTIMIZERS), "max_token_length": ["75", "150", "225"]}
 NONE_CHOICE = "(none)"  # a dropdown's entry for "not set"
+# Dropdowns whose "not set" has a value of its own: shown as it, and read back as not set.
+NONE_SHOWN_AS = {"max_token_length": "75"}
 NOT_SET_WHEN_EMPTY = {"network_dim"}  # optional numbers whose None is a reference default, not "off"
 
 
@@ -74,6 +90,20 @@ FORM_NOTES = {
     "save_every_n_steps": "0 or empty = no saves by step.",
     "network_args": "Empty = the default modules.",
     "gradient_accumulation_steps": "1 = none.",
+    "reg_data_dir": "Empty = none; a folder on this machine, like Dataset folder.",
+    "prior_loss_weight": "Used only with a Regularization folder.",
+    "enable_bucket": "Off = every image is resized to cover the resolution and centre-cropped.",
+    "min_bucket_reso": "Used only with Aspect-ratio buckets.",
+    "max_bucket_reso": "Used only with Aspect-ratio buckets.",
+    "bucket_no_upscale": "Used only with Aspect-ratio buckets.",
+    "shuffle_caption": "The app keeps the trigger words first by itself.",
+    "keep_tokens": "0 = only the trigger words, which the app keeps first by itself when shuffling.",
+    "caption_dropout_rate": "0 = off; 0.05-0.1 is usual.",
+    "caption_tag_dropout_rate": "0 = off.",
+    "random_crop": "Cache latents (under Advanced) is on by default and cannot go with it: turn off Cache latents to use it.",
+    "validation_split": ("The chart then draws the validation loss beside the training loss: this is how you see "
+                         "overfitting (validation loss rising while training loss falls)."),
+    "validate_every_n_steps": "0 or empty = once per epoch; needs a Validation split.",
 }
 
 
@@ -112,6 +142,8 @@ def shown_value(name: str, value):
     kind = field_type(name)
     if kind is list:
         return " ".join(str(v) for v in value or [])
+    if name in NONE_SHOWN_AS:
+        return NONE_SHOWN_AS[name] if value is None else str(value)
     if value is None:
         if choices_for(name):
             return NONE_CHOICE
@@ -126,6 +158,8 @@ def read_value(name: str, shown):
     No range checks: the request checks every value and names the field."""
     kind = field_type(name)
     optional = FIELDS[name].default is None
+    if name in NONE_SHOWN_AS and (shown is None or str(shown).strip() in (NONE_SHOWN_AS[name], NONE_CHOICE, "")):
+        return None
     if kind is list:
         return [v for v in str(shown or "").replace(",", " ").split() if v]
     if kind is bool:

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..errors import InstantLoraError
 from . import testing
 from .compat import every, gradio_major, quiet, updates, upload_paths
-from .fields import initial_values
+from .fields import BUCKET_FIELDS, initial_values
+from .handlers import buckets as bucket_handlers
 from .handlers import dataset as dataset_handlers
 from .handlers import error_message
 from .handlers import models as model_handlers
@@ -155,29 +156,62 @@ def _wire_base_models(gr, ctx, md):
         every(gr, ctx.demo, poll_download, [page], shown, POLL_SECONDS)
 
 
+def _bucket_settings(host, preset, bucket_values):
+    """The form's bucket settings (BucketSettings or None, what to fix) under its preset."""
+    return bucket_handlers.bucket_settings(dict(zip(BUCKET_FIELDS, bucket_values)), run_handlers.preset_values(preset, host))
+
+
 def _wire_dataset(gr, ctx, ds, md, run):
     host, job = ctx.host, ctx.job
     ext, trigger = md.fields["caption_extension"], md.fields["trigger_words"]
-    shown = [ds.gallery, ds.summary, ds.problems, ds.scan, ds.paths]
+    bucket_inputs = [md.preset, *(md.fields[name] for name in BUCKET_FIELDS)]
+    shown = [ds.gallery, ds.summary, ds.buckets, ds.problems, ds.scan, ds.paths]
     unchanged = (gr.update(),) * len(shown)
+    view_inputs = [ext, trigger, *bucket_inputs]  # what a dataset view is drawn from, after the folder
 
-    def show_dataset(folder, caption_extension, trigger_words):
-        view = dataset_handlers.dataset_view(folder, caption_extension, trigger_words)
-        return view.gallery, view.summary, view.problems, view.scan, view.paths
+    def show_dataset(folder, caption_extension, trigger_words, preset, *bucket_values):
+        view = dataset_handlers.dataset_view(folder, caption_extension, trigger_words,
+                                             buckets=_bucket_settings(host, preset, bucket_values))
+        return view.gallery, view.summary, view.buckets, view.problems, view.scan, view.paths
 
     for event in (ds.load.click, ds.folder.submit):
-        run.then_update_plan(gr, event(show_dataset, [ds.folder, ext, trigger], shown))
+        run.then_update_plan(gr, event(show_dataset, [ds.folder, *view_inputs], shown))
 
-    def do_upload(files, name, repeats, caption_extension, trigger_words):
+    def rebucket(scan, preset, *bucket_values):
+        """Resolution or a bucket field changed: the tiles' buckets and the table again, no rescan."""
+        if scan is None:
+            return gr.update(), gr.update(), gr.update()
+        settings = _bucket_settings(host, preset, bucket_values)
+        if settings[0] is None:  # a half-typed resolution: the tiles keep their last buckets
+            return gr.update(), gr.update(), f"**Buckets cannot be shown:** {settings[1]}"
+        try:
+            return dataset_handlers.bucketed_gallery(scan, settings)
+        except Exception as e:
+            return gr.update(), gr.update(), _shown(e)
+
+    for component in bucket_inputs:
+        component.change(rebucket, [ds.scan, *bucket_inputs], [ds.gallery, ds.paths, ds.buckets], **quiet(gr))
+
+    def show_reg(folder, caption_extension):
+        try:
+            return dataset_handlers.reg_view(folder, caption_extension)
+        except Exception as e:
+            return _shown(e)
+
+    reg = md.fields["reg_data_dir"]
+    for event in (reg.submit, reg.blur, ds.load.click):
+        event(show_reg, [reg, ext], [ds.reg_summary], show_progress="hidden")
+
+    def do_upload(files, name, repeats, *view_values):
         try:
             folder, report = dataset_handlers.import_uploads(upload_paths(files), host.data_dir, name, repeats)
         except Exception as e:
             return (gr.update(), _shown(e)) + unchanged
-        return (folder, report) + show_dataset(folder, caption_extension, trigger_words)
+        return (folder, report) + show_dataset(folder, *view_values)
 
     # Says what arrived, so nobody clicks "Add to dataset" while the browser is still uploading.
     ds.uploads.change(lambda files: dataset_handlers.describe_uploads(upload_paths(files)), [ds.uploads], [ds.message])
-    run.then_update_plan(gr, ds.upload.click(do_upload, [ds.uploads, ds.upload_name, ds.upload_repeats, ext, trigger],
+    run.then_update_plan(gr, ds.upload.click(do_upload, [ds.uploads, ds.upload_name, ds.upload_repeats, *view_inputs],
                                              [ds.folder, ds.message, *shown]))
 
     def select_image(paths, caption_extension, evt: gr.SelectData):
@@ -193,29 +227,29 @@ def _wire_dataset(gr, ctx, ds, md, run):
 
     ds.gallery.select(select_image, [ds.paths, ext], [ds.selected, ds.selected_name, ds.caption])
 
-    def do_save_caption(path, caption, folder, caption_extension, trigger_words):
+    def do_save_caption(path, caption, folder, *view_values):
         try:
-            message = dataset_handlers.save_caption(path, caption, folder, caption_extension)
+            message = dataset_handlers.save_caption(path, caption, folder, view_values[0])
         except Exception as e:
             return (_shown(e),) + unchanged
-        return (message,) + show_dataset(folder, caption_extension, trigger_words)
+        return (message,) + show_dataset(folder, *view_values)
 
-    ds.save_caption.click(do_save_caption, [ds.selected, ds.caption, ds.folder, ext, trigger], [ds.message, *shown])
+    ds.save_caption.click(do_save_caption, [ds.selected, ds.caption, ds.folder, *view_inputs], [ds.message, *shown])
 
     def do_caption(folder, mode, model, pretrained, trigger_words, caption_extension, progress_bar=gr.Progress()):
         def progress(done, total, rate=0.0):
             progress_bar(done / max(total, 1), desc=f"captioning {done}/{total}")
 
         try:
-            report = dataset_handlers.auto_caption(host, job, folder, mode, model, pretrained, trigger_words,
-                                                   caption_extension, progress,
-                                                   notify=lambda text: progress_bar(0, desc=text))  # e.g. CLIP's first download
+            return dataset_handlers.auto_caption(host, job, folder, mode, model, pretrained, trigger_words,
+                                                 caption_extension, progress,
+                                                 notify=lambda text: progress_bar(0, desc=text))  # e.g. CLIP's first download
         except Exception as e:
-            return (_shown(e),) + unchanged
-        return (report,) + show_dataset(folder, caption_extension, trigger_words)
+            return _shown(e)
 
+    # the captions changed on disk: the view again, from what the form holds now
     ds.auto_caption.click(do_caption, [ds.folder, ds.caption_mode, ds.clip_model, ds.clip_pretrained, trigger, ext],
-                          [ds.caption_status, *shown])
+                          [ds.caption_status]).then(show_dataset, [ds.folder, *view_inputs], shown)
 
 
 def _wire_train(gr, ctx, tr, rs, run):

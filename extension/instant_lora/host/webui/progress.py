@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ...train.events import Cancelled, Failed, Finished, Sample, Saved, Status, Step, Warn
+from ...train.events import Cancelled, Failed, Finished, Sample, Saved, Status, Step, Validation, Warn
 
 
 class WebUIProgressSink:
@@ -25,6 +25,8 @@ class WebUIProgressSink:
             st.sampling_steps, st.sampling_step = event.total, event.step
             loss = f"{event.loss:.4f}" if event.loss == event.loss else "NaN"
             st.textinfo = f"Instant LoRA: step {event.step}/{event.total}, loss {loss}"
+        elif isinstance(event, Validation):
+            st.textinfo = f"Instant LoRA: step {event.step}, validation loss {event.loss:.4f}"
         elif isinstance(event, (Status, Warn)):
             st.textinfo = f"Instant LoRA: {event.message}"[:300]
         elif isinstance(event, Saved):

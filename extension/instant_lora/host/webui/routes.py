@@ -89,7 +89,8 @@ def progress(job) -> dict:
             "lr": finite_or_none(snap.lr), "seconds": round(snap.seconds, 2), "it_per_s": round(snap.it_per_s, 4),
             "eta_s": None if snap.eta_s is None else round(snap.eta_s, 1), "saved": snap.saved,
             "result_path": snap.result_path, "prompt": prompt, "error": snap.error,
-            "samples": [{"caption": c, "path": p} for c, p in snap.samples], "log": snap.log[-20:]}
+            "samples": [{"caption": c, "path": p} for c, p in snap.samples], "log": snap.log[-20:],
+            "validation": [{"step": s, "loss": v, "train_avg_loss": t} for s, v, t in snap.validation]}
 
 
 def cancel(job) -> dict:

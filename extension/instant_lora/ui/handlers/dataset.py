@@ -1,6 +1,7 @@
-"""The Dataset section: show a folder (thumbnails, counts, problems, caption checks), edit one
-caption, add uploads, auto-caption. The caption checks are the caption linter's (`caption
---lint` runs the same rules); the scan's own warnings add the image checks."""
+"""The Dataset section: show a folder (thumbnails with their buckets, counts, the bucket table,
+problems, caption checks), edit one caption, add uploads, auto-caption, count the regularization
+folder's images. The caption checks are the caption linter's (`caption --lint` runs the same
+rules); the scan's own warnings add the image checks; the buckets are `handlers.buckets`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from ...config import is_safe_name
 from ...dataset import IMAGE_EXTENSIONS, caption_extension_problem, load_image, read_caption, scan_dataset
 from ...errors import InstantLoraError
+from . import buckets as bucket_view
 
 THUMB_SIDE = 256  # px: the gallery's tiles are smaller
 _THUMBS: OrderedDict = OrderedDict()  # (path, mtime_ns, size) -> PIL image
@@ -31,6 +33,7 @@ class DatasetView:
     summary: str = ""
     problems: str = ""
     scan: object = None  # dataset.DatasetScan, or None when the folder could not be used
+    buckets: str = ""  # the bucket table and the images upscaled too much (or what to fix to see them)
 
 
 def thumbnail(path: Path):
@@ -53,8 +56,10 @@ def thumbnail(path: Path):
     return image
 
 
-def dataset_view(folder: str, caption_extension: str = ".txt", trigger: str = "") -> DatasetView:
-    """The folder's images with their captions, a summary, and everything worth fixing."""
+def dataset_view(folder: str, caption_extension: str = ".txt", trigger: str = "", buckets=None) -> DatasetView:
+    """The folder's images with their buckets and captions, a summary, the bucket table, and
+    everything worth fixing. `buckets`: the form's (BucketSettings or None, problem), as
+    `handlers.buckets.bucket_settings` gives it; None = the app's defaults."""
     if not folder or not str(folder).strip():
         return DatasetView(summary="No dataset yet: enter a folder path or upload images.")
     folder = str(folder).strip()
@@ -62,13 +67,7 @@ def dataset_view(folder: str, caption_extension: str = ".txt", trigger: str = ""
         scan = scan_dataset(folder, caption_extension or ".txt")
     except InstantLoraError as e:
         return DatasetView(problems=f"**{e.message}**" + (f"\n\n```\n{e.hint}\n```" if e.hint else ""))
-    gallery, paths = [], []
-    for item in scan.items:
-        try:
-            gallery.append((thumbnail(item.path), item.caption or "(no caption)"))
-            paths.append(str(item.path))
-        except (OSError, InstantLoraError):  # removed or changed since the scan: left out of the gallery
-            continue
+    gallery, paths, bucket_text = bucketed_gallery(scan, buckets)
     warning_lines = {w.line(scan.root) for w in scan.warnings}
     subsets = ", ".join(f"{s.name}: {s.image_count} x {s.repeats}" for s in scan.subsets)
     lines = [f"**{len(scan.items)} images**, {scan.num_train_images} per epoch with repeats ({subsets})"]
@@ -76,7 +75,41 @@ def dataset_view(folder: str, caption_extension: str = ".txt", trigger: str = ""
     problems = [f"- skipped `{_rel(s.path, scan.root)}`: {s.reason}" for s in scan.skipped]
     problems += [f"- {w.line(scan.root)}" for w in scan.warnings if w.kind not in CAPTION_WARNINGS]
     problems += [f"- {line}" for line in caption_checks(folder, scan.caption_extension, trigger, scan.root)]
-    return DatasetView(gallery, paths, "\n".join(lines), "\n".join(problems) or "No problems found.", scan)
+    return DatasetView(gallery, paths, "\n".join(lines), "\n".join(problems) or "No problems found.", scan, bucket_text)
+
+
+def bucketed_gallery(scan, buckets=None) -> tuple[list, list, str]:
+    """(gallery tiles captioned with their bucket, the image behind each tile, the bucket table)
+    for a scan under the form's bucket settings ((BucketSettings or None, problem); None = the
+    app's defaults). Re-run when Resolution or a bucket field changes: no rescan, sizes cached."""
+    settings, problem = buckets if buckets is not None else bucket_view.bucket_settings()
+    placed = {p.path: p for p in bucket_view.place_items(scan.items, settings)} if settings is not None else {}
+    gallery, paths = [], []
+    for item in scan.items:
+        try:
+            gallery.append((thumbnail(item.path), bucket_view.gallery_caption(placed.get(Path(item.path)), item.caption)))
+            paths.append(str(item.path))
+        except (OSError, InstantLoraError):  # removed or changed since the scan: left out of the gallery
+            continue
+    if settings is None:
+        return gallery, paths, f"**Buckets cannot be shown:** {problem}"
+    shown = [placed[Path(p)] for p in paths if Path(p) in placed]
+    return gallery, paths, bucket_view.buckets_markdown(shown, settings, scan.root)
+
+
+def reg_view(folder: str, caption_extension: str = ".txt") -> str:
+    """What the Regularization folder holds, in one line: its images and folders, or what is wrong
+    with it. Headers only (no decoding): it runs as the user leaves the box."""
+    if not folder or not str(folder).strip():
+        return ""
+    try:
+        scan = scan_dataset(str(folder).strip(), caption_extension or ".txt", check_images=False)
+    except InstantLoraError as e:
+        return f"Regularization folder: **{e.message}**"
+    subsets = ", ".join(f"{s.name}: {s.image_count} x {s.repeats}" for s in scan.subsets)
+    skipped = f"; {len(scan.skipped)} file(s) skipped" if scan.skipped else ""
+    return (f"Regularization folder: **{len(scan.items)} images** found ({subsets}){skipped}; they are repeated to "
+            "match the training images.")
 
 
 def caption_checks(folder, caption_extension: str, trigger: str = "", root: Path | None = None) -> list[str]:

@@ -16,7 +16,9 @@ from ...request import RunRequest, prepare_run, preview_plan
 from ..fields import FORM_ONLY_DEFAULTS, shown_value, starting_values, user_values
 from . import error_message, problems_message
 
-PER_RUN_FIELDS = ("output_name", "trigger_words")  # a preset that does not name them leaves them as typed
+# A preset that does not name them leaves them as typed; a saved preset holds no folder of this machine.
+PER_RUN_FIELDS = ("output_name", "trigger_words", "reg_data_dir")
+NOT_IN_PRESETS = ("reg_data_dir",)
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,7 @@ def save_form_preset(name: str, form: RunForm, host) -> tuple[str, str]:
     from ...presets import save_preset
 
     values = effective_values(form, host)
-    for key in FORM_ONLY_DEFAULTS:
+    for key in (*FORM_ONLY_DEFAULTS, *NOT_IN_PRESETS):
         values.pop(key, None)
     path = save_preset((name or "").strip(), values, presets_dir(host))
     return path.stem, f"saved preset {path.name}"

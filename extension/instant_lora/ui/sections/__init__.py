@@ -5,7 +5,7 @@ imported here, so importing the UI package stays cheap."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -14,3 +14,4 @@ class BuildContext:
     job: object  # jobs.TrainingJob
     demo: object  # the gr.Blocks being built (hosts look components up by elem_id in it)
     form: dict  # initial form values (fields.initial_values())
+    fields: dict = field(default_factory=dict)  # config field name -> component, filled in by the sections

@@ -1,11 +1,14 @@
-"""1. Dataset: a folder on this machine or uploads, the images with their captions, caption edits,
-auto-captioning."""
+"""1. Dataset: a folder on this machine or uploads, the regularization folder, the images with their
+buckets and captions, caption edits, auto-captioning, and the dataset options (buckets, captions,
+augmentation, validation: config fields, laid out as the model section lays out its own)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import fields as form_fields
 from ..compat import gradio_major
+from .model import field_component, rows
 
 
 @dataclass
@@ -16,7 +19,9 @@ class DatasetSection:
     upload_name: object
     upload_repeats: object
     upload: object
+    reg_summary: object  # what the Regularization folder holds
     summary: object
+    buckets: object  # the bucket table and the images upscaled too much
     problems: object
     gallery: object
     selected_name: object
@@ -31,6 +36,7 @@ class DatasetSection:
     scan: object  # State: the DatasetScan of the loaded folder (or None)
     paths: object  # State: the image behind each gallery tile
     selected: object  # State: the selected image's path
+    fields: dict  # the config fields laid out here (Regularization folder, Dataset options), by name
 
 
 def build(gr, ctx) -> DatasetSection:
@@ -40,6 +46,11 @@ def build(gr, ctx) -> DatasetSection:
             folder = gr.Textbox(label="Dataset folder", elem_id="il_dataset_dir", scale=4,
                                 info="A folder on this machine with N_name subfolders (N = repeats) or images directly inside.")
             load = gr.Button("Load folder", elem_id="il_load_dataset", scale=1)
+        fields = ctx.fields
+        with gr.Row():
+            for (name, label), scale in zip(form_fields.REG_FIELDS, (4, 1)):
+                fields[name] = field_component(gr, name, label, ctx.form[name], scale=scale)
+        reg_summary = gr.Markdown(elem_id="il_reg_summary")
         with gr.Accordion("Upload images from the browser", open=False, elem_id="il_upload_section"):
             uploads = gr.File(label="Images (and optional .txt captions)", file_count="multiple", elem_id="il_uploads")
             with gr.Row():
@@ -52,8 +63,9 @@ def build(gr, ctx) -> DatasetSection:
                 gr.Markdown("If a file stays at *Uploading...*, press x on the box and drop the files again.",
                             elem_id="il_upload_hint")
         summary = gr.Markdown(elem_id="il_dataset_summary")
+        buckets = gr.Markdown(elem_id="il_dataset_buckets")
         problems = gr.Markdown(elem_id="il_dataset_problems")
-        gallery = gr.Gallery(label="Images (click one to edit its caption)", columns=6, height=320, elem_id="il_gallery")
+        gallery = gr.Gallery(label="Images (click one to edit its caption)", columns=5, height=320, elem_id="il_gallery")
         with gr.Row():
             selected_name = gr.Textbox(label="Selected image", interactive=False, elem_id="il_selected_image", scale=1)
             caption = gr.Textbox(label="Caption", elem_id="il_caption", scale=4,
@@ -69,7 +81,13 @@ def build(gr, ctx) -> DatasetSection:
                                              info="open_clip pretrained tag (openai for SD's own CLIP).")
             auto_caption = gr.Button("Auto-caption", elem_id="il_autocaption_btn")
             caption_status = gr.Markdown(elem_id="il_caption_status")
+        with gr.Accordion("Dataset options: buckets, captions, augmentation, validation", open=False,
+                          elem_id="il_dataset_options"):
+            for title, group in form_fields.DATASET_GROUPS:
+                gr.Markdown(f"**{title}**")
+                rows(gr, group, ctx.form, fields, per_row=4 if len(group) == 4 else 3)
         message = gr.Markdown(elem_id="il_dataset_msg")
-    return DatasetSection(folder, load, uploads, upload_name, upload_repeats, upload, summary, problems, gallery,
-                          selected_name, caption, save_caption, caption_mode, clip_model, clip_pretrained, auto_caption,
-                          caption_status, message, scan, paths, selected)
+    own = {name: fields[name] for name, _ in form_fields.DATASET_FIELDS}
+    return DatasetSection(folder, load, uploads, upload_name, upload_repeats, upload, reg_summary, summary, buckets, problems,
+                          gallery, selected_name, caption, save_caption, caption_mode, clip_model, clip_pretrained,
+                          auto_caption, caption_status, message, scan, paths, selected, own)

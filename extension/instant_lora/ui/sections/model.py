@@ -17,33 +17,36 @@ class ModelSection:
     preset: object
     preset_name: object
     save_preset: object
-    fields: dict  # config field name -> component, in FORM_FIELDS order
+    fields: dict  # config field name -> component, in FORM_FIELDS order (the dataset section's too)
     overwrite: object
     plan: object
     preset_message: object
 
 
-def field_component(gr, name: str, label: str, value):
-    """A form component for a config field, typed from the config, with its one-line help."""
+def field_component(gr, name: str, label: str, value, **layout):
+    """A form component for a config field, typed from the config, with its one-line help;
+    `layout`: the component's own layout options (scale)."""
     from ...config import field_type
 
     kind, choices = field_type(name), form_fields.choices_for(name)
-    common = {"label": label, "info": form_fields.help_for(name), "elem_id": f"il_{name}"}
+    common = {"label": label, "info": form_fields.help_for(name), "elem_id": f"il_{name}", **layout}
     shown = form_fields.shown_value(name, value)
     if kind is bool:
         return gr.Checkbox(value=bool(shown), **common)
     if choices:
-        options = list(choices) + ([form_fields.NONE_CHOICE] if form_fields.FIELDS[name].default is None else [])
+        not_set = form_fields.FIELDS[name].default is None and name not in form_fields.NONE_SHOWN_AS
+        options = list(choices) + ([form_fields.NONE_CHOICE] if not_set else [])
         return gr.Dropdown(choices=options, value=shown, **common)
     if kind in (int, float):
         return gr.Number(value=shown, precision=0 if kind is int else None, **common)
     return gr.Textbox(value=shown, **common)
 
 
-def _rows(gr, table, values: dict, out: dict) -> None:
-    for start in range(0, len(table), 3):
+def rows(gr, table, values: dict, out: dict, per_row: int = 3) -> None:
+    """The fields of `table` ((name, label) pairs), `per_row` to a row, into `out` by name."""
+    for start in range(0, len(table), per_row):
         with gr.Row():
-            for name, label in table[start:start + 3]:
+            for name, label in table[start:start + per_row]:
                 out[name] = field_component(gr, name, label, values[name])
 
 
@@ -70,12 +73,12 @@ def build(gr, ctx) -> ModelSection:
             preset_name = gr.Textbox(label="Save current settings as", elem_id="il_preset_name",
                                      info="A name for your own preset (JSON in the app's data folder).")
             save_preset = gr.Button("Save preset", elem_id="il_save_preset")
-        components: dict = {}
-        _rows(gr, form_fields.BASIC_FIELDS, ctx.form, components)
+        components = ctx.fields  # the dataset section's fields are in it already
+        rows(gr, form_fields.BASIC_FIELDS, ctx.form, components)
         overwrite = gr.Checkbox(value=False, label="Replace existing file", elem_id="il_overwrite",
                                 info="Allow this output name to replace a LoRA of the same name in the Lora folder.")
         with gr.Accordion("Advanced", open=False, elem_id="il_advanced"):
-            _rows(gr, form_fields.ADVANCED_FIELDS, ctx.form, components)
+            rows(gr, form_fields.ADVANCED_FIELDS, ctx.form, components)
         plan = gr.Markdown(elem_id="il_plan")
         preset_message = gr.Markdown(elem_id="il_preset_msg")
     ordered = {name: components[name] for name in form_fields.FORM_FIELDS}

@@ -299,6 +299,9 @@ batch_size = 3
     run = prepared(config)
     assert run.data.batch_sizes == [1, 3] and run.data.num_train_images == 9
     assert run.plan.steps_per_epoch == 7  # 6 batches of one 64 px image + 1 batch of three 128 px images
+    from instant_lora.train.plan import describe
+
+    assert "9 per epoch / batch sizes 1, 3 (one per dataset) = 7 steps per epoch" in describe(run.plan)[0]
     sizes = []
     original = Run._batch_loss
     monkeypatch.setattr(Run, "_batch_loss", lambda self, samples, micro: sizes.append((len(samples), samples[0].bucket))
@@ -318,3 +321,35 @@ def test_requests_cannot_name_a_dataset_file_and_reg_folders_must_exist(tmp_path
     problems = dict(e.value.problems)
     assert "cannot be set in a request" in problems["dataset_config"]
     assert problems["reg_data_dir"] == "/no/such/reg is not a folder on this machine"
+
+
+def test_the_plan_says_which_buckets_give_short_batches_and_counts_reg_entries(tmp_path):
+    from instant_lora.train.plan import describe
+
+    data = mixed_set(tmp_path / "set", sizes=((64, 192), (192, 64), (128, 128), (128, 128)))
+    reg = tmp_path / "reg"
+    make_image(reg / "1_thing" / "r.png", size=(128, 128))
+    run = prepared(bucket_config(data, tmp_path / "out", train_batch_size=3, reg_data_dir=str(reg)))
+    short = [w for w in run.plan.warnings if "batch(es) per epoch are smaller" in w]
+    assert short == ["batch size 3: 2 batch(es) per epoch are smaller, because each batch holds one bucket's images only and "
+                     "these buckets' entries per epoch do not fill their last batch: 64x192 (2), 192x64 (2)"]
+    # 8 training entries, one reg image repeated 8 times: 16 per epoch; batches 1 + 4 + 1
+    assert describe(run.plan)[0].startswith("4 images x repeats + 8 regularization = 16 per epoch / batch 3 = 6 steps per epoch")
+
+
+@pytest.mark.parametrize("values, field, words", [
+    ({"caption_separator": ""}, "caption_separator", "must not be empty"),
+    ({"caption_dropout_rate": 2.0}, "caption_dropout_rate", "out of range"),
+    ({"min_bucket_reso": 2048, "max_bucket_reso": 256}, "min_bucket_reso", "is above --max_bucket_reso"),
+    ({"reg_data_dir": "/no/such/reg"}, "reg_data_dir", "Regularization folder not found: /no/such/reg"),
+    ({"validation_split": 0.5}, "validation_split", "leaves no image to train on"),
+])
+def test_the_live_plan_names_a_half_typed_dataset_option_and_never_fails(tmp_path, host, values, field, words):
+    """The app's plan is recomputed as the user types: a value that cannot work yet is a named problem."""
+    from instant_lora.dataset import scan_dataset
+    from instant_lora.request import preview_plan
+
+    data = mixed_set(tmp_path / "set", sizes=((64, 64),))
+    plan, problems = preview_plan(RunRequest(front="app", values={"train_data_dir": str(data), "output_name": "x", **values}),
+                                  host, scan_dataset(data))
+    assert plan is not None and any(k == field and words in m for k, m in problems), problems

@@ -362,7 +362,11 @@ def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[t
         parts = scan_parts(_specs(config), scan=scan, check_images=False)
         data = training_data(config, seed=config.seed or 0, parts=parts)
     except InstantLoraError as e:
-        problems.append(("reg_data_dir" if "regularization" in e.message else "train_data_dir", e.message))
+        field = next((f for f, word in (("reg_data_dir", "egularization"), ("validation_split", "validation_split"))
+                      if word in e.message), "train_data_dir")
+        problems.append((field, e.message))
+    except ValueError:
+        pass  # a value the form is still being typed into (its problem is listed already): the plan without buckets
     if data is None:
         plan = make_plan(config, len(scan.items), scan.num_train_images, cuda=detect_cuda(), seed=config.seed,
                          reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts)

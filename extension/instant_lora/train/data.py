@@ -65,6 +65,10 @@ class TrainingData:
     def num_images(self) -> int:
         return sum(not s.is_reg for s in self.samples)
 
+    @property
+    def reg_per_epoch(self) -> int:
+        return sum(self.samples[i].is_reg for i in self.entries)
+
     def _groups(self) -> dict:
         """{(dataset, bucket): [entry positions]} in a fixed order."""
         groups: dict = {}
@@ -232,15 +236,14 @@ def build_training_data(parts, *, seed: int, validation_split: float = 0.0, vali
 
 
 def _short_batch_warnings(data: TrainingData) -> list[str]:
-    """A bucket with fewer entries than the batch trains in smaller batches: said, not hidden."""
-    small = [(b, n) for b, _, n, _, _ in data.bucket_rows() if 0 < n < max(data.batch_sizes)]
-    short = sum(s for *_, s in data.bucket_rows())
-    if not short or max(data.batch_sizes) <= 1:
+    """A bucket whose entries do not fill its last batch trains it smaller: said, not hidden."""
+    rows = data.bucket_rows()
+    short = [(b, n) for b, _, n, _, s in rows if s]
+    if not short:
         return []
-    listed = ", ".join(f"{b[0]}x{b[1]} ({n})" for b, n in small[:6]) + (" ..." if len(small) > 6 else "")
-    return [f"batch size {max(data.batch_sizes)}: {short} batch(es) per epoch are smaller because their bucket's "
-            f"images do not fill a batch" + (f" (buckets with fewer entries than a batch: {listed})" if small else "")
-            + "; each batch holds one bucket's images only"]
+    listed = ", ".join(f"{b[0]}x{b[1]} ({n})" for b, n in short[:6]) + (" ..." if len(short) > 6 else "")
+    return [f"batch size {max(data.batch_sizes)}: {len(short)} batch(es) per epoch are smaller, because each batch holds one "
+            f"bucket's images only and these buckets' entries per epoch do not fill their last batch: {listed}"]
 
 
 def _upscale_warnings(samples: list) -> list[str]:
@@ -271,7 +274,9 @@ def scan_parts(specs, *, check_images: bool = True, scan=None):
                 found = scan_dataset(subset.image_dir, subset.caption_extension, check_images=check_images, folder_as=folder_as)
             except InstantLoraError as e:
                 if subset.is_reg:
-                    raise InstantLoraError(f"regularization images: {e.message}", hint=e.hint, path=subset.image_dir) from e
+                    message = e.message.replace("Training folder", "Regularization folder")
+                    raise InstantLoraError(message if message != e.message else f"regularization images: {e.message}",
+                                           hint=e.hint, path=subset.image_dir) from e
                 raise
             scans.append((subset, found))
         parts.append((spec, scans))

@@ -77,6 +77,8 @@ class Run:
             from .data import training_data
 
             self.data = training_data(cfg, seed=plan.seed, scan=self.scan)
+            for line in self.data.lines():  # not in this plan's lines
+                self.emit(Status(line))
         for w in plan.warnings:
             self.emit(Warn(w))
         from .estimate import run_estimate
@@ -216,8 +218,6 @@ class Run:
         self.latents = None
         self.images = ImageMemory()  # the uncached path's resized images
         self.max_windows = MAX_WINDOWS[cfg.max_token_length]
-        for line in data.lines():
-            self.emit(Status(line))
         samples = data.samples + data.validation
         if cfg.cache_latents or cfg.cache_latents_to_disk:
             flipped = sum(s.flip_aug for s in samples)

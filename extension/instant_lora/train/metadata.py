@@ -91,7 +91,8 @@ def build_metadata(config, plan, scan, model, *, output_name: str, started_at: f
         "ss_flip_aug": bool(config.flip_aug),
         "ss_random_crop": bool(config.random_crop),
         "ss_validation_split": config.validation_split,
-        "ss_validation_seed": config.validation_seed,
+        "ss_validation_seed": (config.validation_seed if config.validation_seed is not None else plan.seed)
+                              if config.validation_split else None,  # the one that chose the held-out images
         "ss_num_validation_images": len(data.validation) if data is not None else 0,
         "ss_dataset_dirs": json.dumps(scan.dataset_dirs()),
         "ss_tag_frequency": json.dumps(scan.tag_frequency()),

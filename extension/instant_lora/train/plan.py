@@ -52,6 +52,8 @@ class TrainPlan:
     model_path: str = ""  # the base model as the config names it (its size scales the estimate)
     data_lines: tuple = ()  # the bucket table, the reg balance, the validation split (train.data)
     validation_steps: tuple = ()  # steps after which the validation loss is measured
+    reg_per_epoch: int = 0  # regularization entries among num_train_images
+    batch_sizes: tuple = ()  # per dataset of a dataset TOML, when they differ
 
     def validates_at(self, step: int) -> bool:
         return step in self.validation_steps
@@ -184,6 +186,8 @@ def make_plan(config, num_images: int = 0, num_train_images: int = 0, *, cuda: b
         cache_latents=bool(config.cache_latents or config.cache_latents_to_disk),
         model_path=str(config.pretrained_model_name_or_path or ""),
         data_lines=tuple(data.lines()) if data is not None else (),
+        reg_per_epoch=data.reg_per_epoch if data is not None else 0,
+        batch_sizes=tuple(data.batch_sizes) if data is not None and len(set(data.batch_sizes)) > 1 else (),
         validation_steps=validation_schedule(max_steps, steps_per_epoch, config.validate_every_n_steps,
                                              config.validate_every_n_epochs) if data is not None and data.validation else (),
     )
@@ -193,7 +197,9 @@ def describe(plan: TrainPlan, estimate=None, markdown: bool = False) -> list[str
     """The plan in a few lines, as the log and the UI show it; with an `estimate`
     (train.estimate.Estimate) also how long it will take and where that figure comes from."""
     acc = plan.accumulation
-    lines = [f"{plan.num_images} images x repeats = {plan.num_train_images} per epoch / batch {plan.batch_size}"
+    reg = f" + {plan.reg_per_epoch} regularization" if plan.reg_per_epoch else ""
+    lines = [f"{plan.num_images} images x repeats{reg} = {plan.num_train_images} per epoch / "
+             + (f"batch sizes {', '.join(map(str, plan.batch_sizes))} (one per dataset)" if plan.batch_sizes else f"batch {plan.batch_size}")
              + (f" x accumulation {acc}" if acc > 1 else "")
              + f" = {plan.steps_per_epoch} steps per epoch; {plan.max_train_steps} steps = {plan.num_epochs} epoch(s)"]
     lines += list(plan.data_lines)

@@ -332,7 +332,8 @@ def test_the_plan_says_which_buckets_give_short_batches_and_counts_reg_entries(t
     run = prepared(bucket_config(data, tmp_path / "out", train_batch_size=3, reg_data_dir=str(reg)))
     short = [w for w in run.plan.warnings if "batch(es) per epoch are smaller" in w]
     assert short == ["batch size 3: 2 batch(es) per epoch are smaller, because each batch holds one bucket's images only and "
-                     "these buckets' entries per epoch do not fill their last batch: 64x192 (2), 192x64 (2)"]
+                     "these buckets' entries per epoch do not fill their last batch: 64x192 (2), 192x64 (2). Fine as it is; "
+                     "to fill them, add images of those shapes or lower the batch size"]
     # 8 training entries, one reg image repeated 8 times: 16 per epoch; batches 1 + 4 + 1
     assert describe(run.plan)[0].startswith("4 images x repeats + 8 regularization = 16 per epoch / batch 3 = 6 steps per epoch")
 

@@ -114,10 +114,9 @@ def latent_key(sample, flipped: bool = False) -> tuple:
     return (*sample.cache_key, bool(flipped))
 
 
-def encode_images(vae, samples: list, *, device, to_disk: bool = False, flip: bool = False, batch_size: int = 4,
-                  progress=None) -> dict:
+def encode_images(vae, samples: list, *, device, to_disk: bool = False, batch_size: int = 4, progress=None) -> dict:
     """{latent_key(sample, flipped): latents [4, H/8, W/8] fp32 on CPU} for each sample in its
-    bucket (and mirrored too when `flip`) -- VAE in fp32, NaN checked per image. Samples of one
+    bucket (and mirrored too for a sample with flip_aug) -- VAE in fp32, NaN checked per image. Samples of one
     bucket are encoded together."""
     import numpy as np
     import torch
@@ -132,7 +131,7 @@ def encode_images(vae, samples: list, *, device, to_disk: bool = False, flip: bo
         if s.cache_key in seen:
             continue
         seen.add(s.cache_key)
-        flips = flip and s.flip_aug
+        flips = s.flip_aug
         if to_disk:
             bw, bh = s.placement.bucket
             cached = _read_disk_cache(disk_cache_path(s.path, bw, bh), _file_fingerprint(s.path, vae_id, s.placement), flips)
@@ -148,7 +147,7 @@ def encode_images(vae, samples: list, *, device, to_disk: bool = False, flip: bo
     done = 0
     with torch.no_grad():
         for chunk in chunks:
-            views = [(s, False) for s in chunk] + [(s, True) for s in chunk if flip and s.flip_aug]
+            views = [(s, False) for s in chunk] + [(s, True) for s in chunk if s.flip_aug]
             px = torch.stack([pixels(s, flip=f) for s, f in views])
             latents = (vae.encode(px.to(device, torch.float32)).latent_dist.mean * scale).float().cpu()
             for (s, f), lat in zip(views, latents):
@@ -159,7 +158,7 @@ def encode_images(vae, samples: list, *, device, to_disk: bool = False, flip: bo
             if to_disk:
                 for s in chunk:
                     bw, bh = s.placement.bucket
-                    flipped = out.get(latent_key(s, True)) if flip and s.flip_aug else None
+                    flipped = out.get(latent_key(s, True)) if s.flip_aug else None
                     _write_disk_cache(disk_cache_path(s.path, bw, bh), out[latent_key(s)].numpy(),
                                       None if flipped is None else flipped.numpy(),
                                       _file_fingerprint(s.path, vae_id, s.placement), s)

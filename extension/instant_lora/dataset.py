@@ -457,7 +457,7 @@ def _no_images_error(scan: DatasetScan, ignored: list[str], unsupported_note: st
         "Put images (png, jpg, jpeg, webp, bmp) into folders named <repeats>_<name> inside it.", root.name))
 
 
-def _checked_root(train_data_dir) -> Path:
+def _checked_root(train_data_dir, role: str = "Training") -> Path:
     advice = "Pass the folder that holds the 10_name folders."
     if train_data_dir is None or not str(train_data_dir).strip():
         raise InstantLoraError("No training folder given", hint=_layout_hint(advice))
@@ -471,28 +471,29 @@ def _checked_root(train_data_dir) -> Path:
                 why = f"points to {os.readlink(root)}, which does not exist"
             except OSError as e:
                 why = f"cannot be followed ({e.strerror or e})"
-            raise InstantLoraError(f"Training folder {root} is a symbolic link that {why}", path=root,
+            raise InstantLoraError(f"{role} folder {root} is a symbolic link that {why}", path=root,
                                    hint=_layout_hint("Pass the real folder, or fix the link. " + advice))
-        raise InstantLoraError(f"Training folder not found: {root}", path=root,
+        raise InstantLoraError(f"{role} folder not found: {root}", path=root,
                                hint=_layout_hint("Check the path. " + advice))
     if not root.is_dir():
-        raise InstantLoraError(f"Training folder {root} is a file, not a folder", hint=_layout_hint(advice), path=root)
+        raise InstantLoraError(f"{role} folder {root} is a file, not a folder", hint=_layout_hint(advice), path=root)
     return root.resolve()
 
 
 def scan_dataset(train_data_dir, caption_extension: str = ".txt", check_images: bool = True,
-                 folder_as: tuple[int, str] | None = None) -> DatasetScan:
+                 folder_as: tuple[int, str] | None = None, role: str = "Training") -> DatasetScan:
     """Find the training images, their repeats and captions; with check_images, decode every one.
 
     folder_as=(repeats, class tokens): the folder itself holds the images (a dataset TOML's
     subset), trained with those repeats whatever its name; its subfolders are not searched.
+    role names the folder in messages ("Training", "Regularization").
 
     Files that cannot be used (undecodable, unsupported type, broken or looping links, unreadable
     folders) land in ``skipped`` with a reason; usable images that are tiny or very elongated, and
     captions with prompt tags or over 75 tokens, land in ``warnings`` and in ``notes``.
     """
     ext = _checked_caption_extension(caption_extension)
-    root = _checked_root(train_data_dir)
+    root = _checked_root(train_data_dir, role)
     scan = DatasetScan(root=root, caption_extension=ext)
     direct, subdirs = _list_dir(root, scan.skipped, strict=True)
 

@@ -178,14 +178,9 @@ def load_dataset_config(path) -> dict:
             raise InstantLoraError(f"{shown} is not valid JSON: {e}", path=path,
                                    hint="Fix the line named above, or write the file as TOML (.toml).") from e
     else:
-        try:
-            import tomllib  # Python 3.11+
-        except ModuleNotFoundError:  # Python 3.10
-            try:
-                import tomli as tomllib
-            except ModuleNotFoundError:
-                raise InstantLoraError(f"reading {shown} needs Python 3.11+ or the 'tomli' package", path=path,
-                                       hint="pip install tomli") from None
+        from .kohya_flags import toml_parser
+
+        tomllib = toml_parser(shown)
         try:
             data = tomllib.loads(text)
         except Exception as e:

@@ -86,15 +86,21 @@ def number(v: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number such as 1e-4 or 0.5 (got '{v:.40}')") from None
 
 
-def read_toml(path: Path) -> dict:
+def toml_parser(what: str):
+    """tomllib (Python 3.11+) or tomli (the WebUI's Python 3.10); `what` names the file in the message."""
     try:
-        import tomllib  # Python 3.11+
-    except ModuleNotFoundError:  # the WebUI's Python 3.10
+        import tomllib
+    except ModuleNotFoundError:
         try:
             import tomli as tomllib
         except ModuleNotFoundError:
-            raise InstantLoraError("reading --config_file needs Python 3.11+ or the 'tomli' package",
+            raise InstantLoraError(f"reading {what} needs Python 3.11+ or the 'tomli' package",
                                    hint="pip install tomli") from None
+    return tomllib
+
+
+def read_toml(path: Path) -> dict:
+    tomllib = toml_parser("--config_file")
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:

@@ -296,7 +296,7 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
             raise RequestError([("output_name", refusal)], status=409)
     from .train.data import merge_scans, scan_parts, train_scans, training_data
 
-    specs = _specs(config)
+    specs = dataset_specs_of(config)
     parts = scan_parts(specs, scan=scan)
     scan = merge_scans(train_scans(parts))
     if check_output:
@@ -319,7 +319,7 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
     return PreparedRun(config=config, plan=plan, scan=scan, data=data)
 
 
-def _specs(config):
+def dataset_specs_of(config):
     """The dataset specs (flags or --dataset_config), problems as a RequestError naming the field."""
     from .dataset_config import dataset_specs
 
@@ -327,6 +327,13 @@ def _specs(config):
         return dataset_specs(config)
     except InstantLoraError as e:
         raise RequestError([("dataset_config" if config.dataset_config else "train_data_dir", e.message)], hint=e.hint) from e
+
+
+def _inside(path, folder) -> bool:
+    """Whether a problem's file or folder is `folder` or lies in it."""
+    if not path or not folder:
+        return False
+    return Path(path).expanduser().resolve().is_relative_to(Path(folder).expanduser().resolve())
 
 
 def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[tuple[str, str]]]:
@@ -359,11 +366,11 @@ def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[t
     try:
         from .train.data import scan_parts, training_data
 
-        parts = scan_parts(_specs(config), scan=scan, check_images=False)
+        parts = scan_parts(dataset_specs_of(config), scan=scan, check_images=False)
         data = training_data(config, seed=config.seed or 0, parts=parts)
     except InstantLoraError as e:
-        field = next((f for f, word in (("reg_data_dir", "egularization"), ("validation_split", "validation_split"))
-                      if word in e.message), "train_data_dir")
+        field = "reg_data_dir" if _inside(e.path, config.reg_data_dir) else (
+            "validation_split" if "validation_split" in e.message else "train_data_dir")
         problems.append((field, e.message))
     except ValueError:
         pass  # a value the form is still being typed into (its problem is listed already): the plan without buckets

@@ -243,7 +243,8 @@ def _short_batch_warnings(data: TrainingData) -> list[str]:
         return []
     listed = ", ".join(f"{b[0]}x{b[1]} ({n})" for b, n in short[:6]) + (" ..." if len(short) > 6 else "")
     return [f"batch size {max(data.batch_sizes)}: {len(short)} batch(es) per epoch are smaller, because each batch holds one "
-            f"bucket's images only and these buckets' entries per epoch do not fill their last batch: {listed}"]
+            f"bucket's images only and these buckets' entries per epoch do not fill their last batch: {listed}. "
+            f"Fine as it is; to fill them, add images of those shapes or lower the batch size"]
 
 
 def _upscale_warnings(samples: list) -> list[str]:
@@ -270,14 +271,8 @@ def scan_parts(specs, *, check_images: bool = True, scan=None):
                 scans.append((subset, scan))
                 continue
             folder_as = None if subset.layout == "folders" else (subset.num_repeats, subset.class_tokens)
-            try:
-                found = scan_dataset(subset.image_dir, subset.caption_extension, check_images=check_images, folder_as=folder_as)
-            except InstantLoraError as e:
-                if subset.is_reg:
-                    message = e.message.replace("Training folder", "Regularization folder")
-                    raise InstantLoraError(message if message != e.message else f"regularization images: {e.message}",
-                                           hint=e.hint, path=subset.image_dir) from e
-                raise
+            found = scan_dataset(subset.image_dir, subset.caption_extension, check_images=check_images, folder_as=folder_as,
+                                 role="Regularization" if subset.is_reg else "Training")
             scans.append((subset, found))
         parts.append((spec, scans))
     return parts

@@ -89,10 +89,10 @@ class Run:
 
     def _rescan(self, plan) -> None:
         """The captions just written are the ones to train on: the same images, read again."""
-        from ..request import _specs
+        from ..request import dataset_specs_of
         from .data import merge_scans, scan_parts, train_scans, training_data
 
-        parts = scan_parts(_specs(self.config))
+        parts = scan_parts(dataset_specs_of(self.config))
         self.scan = merge_scans(train_scans(parts))
         data = training_data(self.config, seed=plan.seed, parts=parts)
         if self.data is not None and data.num_train_images != self.data.num_train_images:
@@ -223,7 +223,7 @@ class Run:
             flipped = sum(s.flip_aug for s in samples)
             self.emit(Status(f"caching latents of {len(samples)} images in {len(data.bucket_rows())} bucket(s) "
                              f"(VAE runs once per image{', twice for the mirrored copy' if flipped else ''})..."))
-            self.latents = cache.encode_images(m.vae, samples, device=self.device, to_disk=cfg.cache_latents_to_disk, flip=True,
+            self.latents = cache.encode_images(m.vae, samples, device=self.device, to_disk=cfg.cache_latents_to_disk,
                                                progress=lambda done, total: self.control.check("caching"))
             m.vae.to("cpu")  # not needed again this run (held-out images are cached too): free its VRAM
         fixed = [s.rules.fixed(s.caption) for s in samples]

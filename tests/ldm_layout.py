@@ -1,9 +1,13 @@
-"""Write a diffusers SD model as an original-layout (ldm / CompVis) single-file checkpoint.
+"""Write a diffusers SD model as an original-layout (ldm / CompVis, SGM for SDXL) single-file checkpoint.
 
-Test-fixture code: the tiny model must go through the same single-file path a user's
-v1-5-pruned-emaonly.safetensors takes. The layout rules are SD's own: input_blocks numbered
-(level * (layers + 1) + 1 + j), output_blocks (level * (layers + 1) + j), resnet/attention
-sub-indices 0/1, down/up samplers after them; VAE decoder levels reversed.
+Test-fixture code: the tiny models must go through the same single-file path a user's
+v1-5-pruned-emaonly.safetensors, v2-1_768-ema-pruned.safetensors or sd_xl_base_1.0.safetensors
+takes. The layout rules are SD's own: input_blocks numbered (level * (layers + 1) + 1 + j),
+output_blocks (level * (layers + 1) + j), resnet/attention sub-indices 0/1, down/up samplers after
+them; VAE decoder levels reversed; SDXL's size/crop embedding is `label_emb.0.{0,2}`. Text
+encoders: CLIP ViT-L in transformers' layout, OpenCLIP (SD2, SDXL's second) in open_clip's, with
+q/k/v fused and the projection stored as a [width, proj] matrix; SD2's files hold ViT-H's 24th
+block, which SD2 does not use (the loader drops it).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ def unet_to_ldm(unet) -> dict:
     out: dict = {}
     _sub(sd, "time_embedding.linear_1", "time_embed.0", out)
     _sub(sd, "time_embedding.linear_2", "time_embed.2", out)
+    _sub(sd, "add_embedding.linear_1", "label_emb.0.0", out)  # SDXL's size/crop conditioning
+    _sub(sd, "add_embedding.linear_2", "label_emb.0.2", out)
     _sub(sd, "conv_in", "input_blocks.0.0", out)
     _sub(sd, "conv_norm_out", "out.0", out)
     _sub(sd, "conv_out", "out.2", out)
@@ -89,15 +95,58 @@ def vae_to_ldm(vae) -> dict:
     return {"first_stage_model." + k: v for k, v in out.items()}
 
 
-def text_encoder_to_ldm(text_encoder) -> dict:
-    out = {}
-    for k, v in text_encoder.state_dict().items():
-        if not k.startswith("text_model."):  # transformers >= 5.6 layout
-            k = "text_model." + k
-        out["cond_stage_model.transformer." + k] = v
-    return out
+def _with_text_model(sd: dict) -> dict:
+    # transformers >= 5.6 drops `text_model.` from CLIPTextModel; checkpoints always have it
+    return {k if k.startswith(("text_model.", "text_projection")) else "text_model." + k: v
+            for k, v in sd.items()}
+
+
+def text_encoder_to_ldm(text_encoder, prefix: str = "cond_stage_model.transformer.") -> dict:
+    return {prefix + k: v for k, v in _with_text_model(text_encoder.state_dict()).items()}
+
+
+def text_encoder_to_openclip(text_encoder, prefix: str, extra_blocks: int = 0, seed: int = 0) -> dict:
+    """A CLIPTextModel(WithProjection) in open_clip's text-transformer layout under `prefix`;
+    `extra_blocks` random blocks after the last (SD2's unused 24th); a random projection when the
+    model has none (SD2's files hold one, unused)."""
+    import torch
+
+    sd = _with_text_model(text_encoder.state_dict())
+    t = "text_model."
+    out = {"token_embedding.weight": sd[t + "embeddings.token_embedding.weight"],
+           "positional_embedding": sd[t + "embeddings.position_embedding.weight"],
+           "ln_final.weight": sd[t + "final_layer_norm.weight"], "ln_final.bias": sd[t + "final_layer_norm.bias"]}
+    n = text_encoder.config.num_hidden_layers
+    for i in range(n):
+        hf, oc = f"{t}encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for p in ("weight", "bias"):
+            out[f"{oc}ln_1.{p}"] = sd[f"{hf}layer_norm1.{p}"]
+            out[f"{oc}ln_2.{p}"] = sd[f"{hf}layer_norm2.{p}"]
+            out[f"{oc}attn.in_proj_{p}"] = torch.cat([sd[f"{hf}self_attn.{q}_proj.{p}"] for q in "qkv"])
+            out[f"{oc}attn.out_proj.{p}"] = sd[f"{hf}self_attn.out_proj.{p}"]
+            out[f"{oc}mlp.c_fc.{p}"] = sd[f"{hf}mlp.fc1.{p}"]
+            out[f"{oc}mlp.c_proj.{p}"] = sd[f"{hf}mlp.fc2.{p}"]
+    g = torch.Generator().manual_seed(seed)
+    for e in range(extra_blocks):
+        block = f"transformer.resblocks.{n + e}."
+        for k in [k for k in out if k.startswith("transformer.resblocks.0.")]:
+            out[block + k[len("transformer.resblocks.0."):]] = torch.randn(out[k].shape, generator=g)
+    width = text_encoder.config.hidden_size
+    proj = sd.get("text_projection.weight")
+    out["text_projection"] = proj.T if proj is not None else torch.randn(width, width, generator=g)
+    out["logit_scale"] = torch.tensor(4.6052)
+    return {prefix + k: v for k, v in out.items()}
 
 
 def to_ldm_checkpoint(model) -> dict:
-    sd = {**unet_to_ldm(model.unet), **vae_to_ldm(model.vae), **text_encoder_to_ldm(model.text_encoder)}
+    """The whole model in its family's single-file layout (SD1/SD2: LDM; SDXL: SGM)."""
+    sd = {**unet_to_ldm(model.unet), **vae_to_ldm(model.vae)}
+    family = getattr(getattr(model, "family", None), "name", "sd1")
+    if family == "sd2":
+        sd.update(text_encoder_to_openclip(model.text_encoder, "cond_stage_model.model.", extra_blocks=1))
+    elif family == "sdxl":
+        sd.update(text_encoder_to_ldm(model.text_encoder, "conditioner.embedders.0.transformer."))
+        sd.update(text_encoder_to_openclip(model.text_encoder_2, "conditioner.embedders.1.model."))
+    else:
+        sd.update(text_encoder_to_ldm(model.text_encoder))
     return {k: v.contiguous() for k, v in sd.items()}

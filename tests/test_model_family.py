@@ -2,6 +2,9 @@
 files shaped like SD1.5, SD2.x (epsilon and v), SDXL base and refiner, and the tests' tiny model."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,11 +28,11 @@ def sd1(path):
                              "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(768)})
 
 
-def sd2(path, spread=0.01, extra=None):
+def sd2(path, spread=0.01, extra=None, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     return checkpoint(path, {ATTN: torch.zeros(320, 1024), UNET + "input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
                              "cond_stage_model.model.ln_final.weight": torch.zeros(1024),
-                             PROBE: torch.randn(320, generator=g) * spread, **(extra or {})})
+                             PROBE: (torch.randn(320, generator=g) * spread).to(dtype), **(extra or {})})
 
 
 def test_sd1_sd2_and_sdxl_are_told_apart(tmp_path):
@@ -84,3 +87,28 @@ def test_the_tiny_model_and_diffusers_folders(tmp_path, tiny_model_dir):
         (folder / part).mkdir(parents=True)
         (folder / part / name).write_text(json.dumps(config), encoding="utf-8")
     assert (detect_family(folder).name, detect_family(folder).prediction) == ("sdxl", "v")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_v_statistic_is_read_from_the_file_bytes_in_any_float_type(tmp_path, dtype):
+    from safetensors.torch import load_file
+
+    from instant_lora.model_family import _spread, safetensors_header
+
+    for spread, prediction in ((0.2, "v"), (0.01, "epsilon")):
+        path = sd2(tmp_path / f"sd21-{spread}.safetensors", spread=spread, dtype=dtype)
+        assert detect_family(path).prediction == prediction
+        header, start = safetensors_header(path)
+        expected = float(load_file(str(path))[PROBE].float().std(unbiased=False))
+        assert _spread(path, header, start)() == pytest.approx(expected, rel=1e-6)
+
+
+def test_detection_imports_no_torch(tmp_path):
+    """The request path reads the family before anything heavy is imported."""
+    path = sd2(tmp_path / "sd21.safetensors", spread=0.2, dtype=torch.bfloat16)
+    code = ("import sys; from instant_lora.model_family import detect_family; f = detect_family(sys.argv[1]); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print(f.prediction)")
+    extension = Path(__file__).resolve().parents[1] / "extension"
+    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=str(extension), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "v"

@@ -51,6 +51,9 @@ class Workspace:
 
         # The README names the base model by file name; here that name is the tiny model.
         shutil.copytree(tiny_model, root / "models" / "v1-5-pruned-emaonly")
+        from instant_lora.tiny import build_tiny_sdxl, save_diffusers_folder
+
+        save_diffusers_folder(build_tiny_sdxl(0), root / "models" / "sd_xl_base_1.0")  # the SDXL section's base
         make_image(root / "lora_train_set" / "10_test" / "fashion_001.png", (200, 30, 30))
         (root / "lora_train_set" / "10_test" / "fashion_001.txt").write_text("test, red square dress", encoding="utf-8")
         make_image(root / "lora_train_set" / "10_test" / "fashion_002.png", (30, 30, 200), shape="circle")
@@ -164,6 +167,13 @@ def run_train(words, ws):
     r = ws.app(args)
     out = next(a.split("=", 1)[1] for a in args if a.startswith("--output_dir="))
     assert list((ws.root / out).glob("*.safetensors")), r.stderr[-2000:]
+    if "--pretrained_model_name_or_path=sd_xl_base_1.0" in args:
+        from instant_lora.lora.kohya_file import read_lora_file
+
+        name = next(a.split("=", 1)[1] for a in args if a.startswith("--output_name="))
+        sd, md = read_lora_file(ws.root / out / f"{name}.safetensors")
+        assert md["ss_base_model_version"] == "sdxl_base_v1-0" and "model: SDXL" in r.stdout + r.stderr
+        assert any(k.startswith("lora_unet_input_blocks_") for k in sd)
 
 
 def run_caption(words, ws):

@@ -228,10 +228,10 @@ def test_long_captions_are_encoded_in_windows_and_cut_ones_reported(tmp_path):
     run.emit.sinks.append(lambda e: warnings.append(e.message) if type(e).__name__ == "Warn" else None)
     for stage in ("prepare", "load_model", "build_caches"):
         getattr(run, stage)()
-    assert next(iter(run.text_cache.values())).shape[0] == 77
+    assert next(iter(run.text_cache.values())).hidden.shape[0] == 77
     assert any("1 image(s)' captions are longer than --max_token_length 75" in w for w in warnings)
     long = ready_run(tiny_config(data, tmp_path / "b", max_train_steps=1, max_token_length=225, network_train_unet_only=True))
-    assert next(iter(long.text_cache.values())).shape[0] == 3 * 77
+    assert next(iter(long.text_cache.values())).hidden.shape[0] == 3 * 77
     assert long.run().steps == 1
 
 

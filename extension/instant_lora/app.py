@@ -41,7 +41,7 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 so other machines can connect (default: this machine only)")
     p.add_argument("--share", action="store_true", help="create a public Gradio share link")
     p.add_argument("--auth", help="require a login, as user:password")
-    p.add_argument("--models-dir", help="folder of SD1.x checkpoints (default: the WebUI's models/Stable-diffusion, else ./models)")
+    p.add_argument("--models-dir", help="folder of SD1.x, SD2.x and SDXL checkpoints (default: the WebUI's models/Stable-diffusion, else ./models)")
     p.add_argument("--lora-dir", help="where trained LoRAs go (default: the WebUI's models/Lora, else ./output)")
     p.add_argument("--webui-dir", help="a WebUI install whose folders to use (also $INSTANT_LORA_WEBUI_DIR)")
     p.add_argument("--data-dir", default="instant_lora_data", help="uploads, presets and logs (default ./instant_lora_data)")

@@ -65,9 +65,10 @@ def module_fingerprint(module) -> str:
     return h.hexdigest()[:16]
 
 
-def disk_cache_path(image: Path, width: int, height: int) -> Path:
-    """The reference trainer's name: the bucket's size in it, so each bucket has its own file."""
-    return image.with_name(f"{image.stem}_{width:04d}x{height:04d}_sd.npz")
+def disk_cache_path(image: Path, width: int, height: int, family: str = "sd") -> Path:
+    """The reference trainer's name: the bucket's size in it, so each bucket has its own file, and
+    `_sd` or `_sdxl` for the VAE family (SDXL's VAE gives other latents for the same image)."""
+    return image.with_name(f"{image.stem}_{width:04d}x{height:04d}_{family}.npz")
 
 
 def _file_fingerprint(image: Path, vae_id: str, placement) -> str:
@@ -114,7 +115,8 @@ def latent_key(sample, flipped: bool = False) -> tuple:
     return (*sample.cache_key, bool(flipped))
 
 
-def encode_images(vae, samples: list, *, device, to_disk: bool = False, batch_size: int = 4, progress=None) -> dict:
+def encode_images(vae, samples: list, *, device, to_disk: bool = False, batch_size: int = 4, progress=None,
+                  family: str = "sd") -> dict:
     """{latent_key(sample, flipped): latents [4, H/8, W/8] fp32 on CPU} for each sample in its
     bucket (and mirrored too for a sample with flip_aug) -- VAE in fp32, NaN checked per image. Samples of one
     bucket are encoded together."""
@@ -134,7 +136,7 @@ def encode_images(vae, samples: list, *, device, to_disk: bool = False, batch_si
         flips = s.flip_aug
         if to_disk:
             bw, bh = s.placement.bucket
-            cached = _read_disk_cache(disk_cache_path(s.path, bw, bh), _file_fingerprint(s.path, vae_id, s.placement), flips)
+            cached = _read_disk_cache(disk_cache_path(s.path, bw, bh, family), _file_fingerprint(s.path, vae_id, s.placement), flips)
             if cached is not None:
                 out[latent_key(s)] = torch.from_numpy(np.asarray(cached[0], dtype=np.float32))
                 if flips:
@@ -159,7 +161,7 @@ def encode_images(vae, samples: list, *, device, to_disk: bool = False, batch_si
                 for s in chunk:
                     bw, bh = s.placement.bucket
                     flipped = out.get(latent_key(s, True)) if s.flip_aug else None
-                    _write_disk_cache(disk_cache_path(s.path, bw, bh), out[latent_key(s)].numpy(),
+                    _write_disk_cache(disk_cache_path(s.path, bw, bh, family), out[latent_key(s)].numpy(),
                                       None if flipped is None else flipped.numpy(),
                                       _file_fingerprint(s.path, vae_id, s.placement), s)
             done += len(chunk)

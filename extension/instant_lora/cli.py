@@ -16,7 +16,7 @@ from .errors import InstantLoraError
 # failure (2: a message; 1: a bug) without learning a status of ours.
 EXIT_CANCELLED = 130
 
-APP_HELP = """Instant LoRA - train SD1.x LoRAs that work in the WebUI as <lora:name:0.8>.
+APP_HELP = """Instant LoRA - train SD1.x, SD2.x and SDXL LoRAs that work in the WebUI as <lora:name:0.8>.
 
   python standalone_app.py [--port N] [--listen] [--share] [--auth user:pass] [--models-dir D] [--lora-dir D]
                            the browser app (see --help of the app: python standalone_app.py --port 7870 --help)

@@ -24,7 +24,7 @@ def opt(default, help: str, *, choices=None, group: str = "", kohya: bool = True
     return field(default=default, metadata=meta)
 
 
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy", "Lion")
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor", "Prodigy", "Lion")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 PRECISIONS = ("no", "fp16", "bf16")
 
@@ -32,9 +32,11 @@ PRECISIONS = ("no", "fp16", "bf16")
 @dataclass
 class TrainConfig:
     # --- model
-    pretrained_model_name_or_path: str = opt("", "Base SD1.x model: a .safetensors/.ckpt file, a diffusers folder, or a hub id (online only).", group="model")
-    model_config_dir: Optional[str] = opt(None, "Diffusers config folder for a checkpoint not shaped like SD1.5 (default: the bundled SD1.5 configs).", group="model", kohya=False)
-    clip_skip: Optional[int] = opt(None, "Use the text encoder's n-th last layer (2 for anime-style models); default 1 = last layer.", group="model")
+    pretrained_model_name_or_path: str = opt("", "Base model (SD1.x, SD2.x or SDXL, told from the file): a .safetensors/.ckpt file, a diffusers folder, or a hub id (online only).", group="model")
+    model_config_dir: Optional[str] = opt(None, "Diffusers config folder for a checkpoint shaped unlike SD1.5, SD2.1 or SDXL base (default: the bundled configs of its family).", group="model", kohya=False)
+    clip_skip: Optional[int] = opt(None, "Use the text encoder's n-th last layer (2 for anime-style models); default 1 = last layer. Not for SDXL (always the penultimate layers, as the WebUI).", group="model")
+    v2: bool = opt(False, "An SD2.x checkpoint. Read from the file itself; accepted for the reference's command lines.", group="model")
+    v_parameterization: bool = opt(False, "Train with v-prediction (SD2.x 768-v, v-pred SDXL finetunes). Read from the file (v_pred key, its .yaml, a weight statistic) when not given.", group="model")
     # --- data
     train_data_dir: str = opt("", "Folder holding N_name subfolders (N = repeats) of images with .txt captions, or a flat folder of images.", group="data")
     resolution: str = opt("512,512", "Training size 'W,H' or one number; images are resized to cover it and center-cropped.", group="data")
@@ -80,11 +82,12 @@ class TrainConfig:
     network_train_unet_only: bool = opt(False, "Train the UNet only; the text encoder stays frozen and its outputs are cached.", group="network")
     network_weights: Optional[str] = opt(None, "Start from the weights of an existing LoRA file of the same rank and targets.", group="network")
     # --- optimization
-    optimizer_type: str = opt("AdamW", "Optimizer: AdamW, AdamW8bit (bitsandbytes + CUDA), Prodigy, Lion.", group="optim")
+    optimizer_type: str = opt("AdamW", "Optimizer: AdamW, AdamW8bit (bitsandbytes + CUDA), Adafactor (least optimizer memory), Prodigy, Lion.", group="optim")
     optimizer_args: list = opt([], "Extra optimizer arguments as key=value (e.g. weight_decay=0.01).", group="optim", nargs="*")
     learning_rate: float = opt(2e-6, "Base learning rate (reference default 2e-6; LoRA usually wants 1e-4).", group="optim")
     unet_lr: Optional[float] = opt(None, "Learning rate for the UNet's LoRA (default: learning_rate).", group="optim")
-    text_encoder_lr: Optional[float] = opt(None, "Learning rate for the text encoder's LoRA (default: learning_rate).", group="optim")
+    text_encoder_lr: Optional[float] = opt(None, "Learning rate for the text encoder's LoRA (default: learning_rate); SDXL: both encoders, or two values for CLIP-L and bigG.", group="optim")
+    text_encoder_lr2: Optional[float] = opt(None, "SDXL: learning rate for the second text encoder (OpenCLIP bigG); default text_encoder_lr.", group="optim", kohya=False)
     lr_scheduler: str = opt("constant", "How the learning rate changes over the run.", group="optim", choices=SCHEDULERS)
     lr_warmup_steps: float = opt(0, "Warm-up steps (a number < 1 is a fraction of all steps).", group="optim")
     lr_scheduler_num_cycles: int = opt(1, "Restarts for cosine_with_restarts.", group="optim")
@@ -100,7 +103,8 @@ class TrainConfig:
     mixed_precision: str = opt("no", "fp16/bf16 on CUDA: frozen model in half precision, LoRA in fp32 (falls back to fp32 on CPU).", group="memory", choices=PRECISIONS)
     full_fp16: bool = opt(False, "Not supported (LoRA weights always train in fp32); accepted with a warning.", group="memory")
     full_bf16: bool = opt(False, "Not supported (LoRA weights always train in fp32); accepted with a warning.", group="memory")
-    no_half_vae: bool = opt(False, "Accepted for compatibility: the VAE always encodes in fp32 here.", group="memory")
+    no_half_vae: bool = opt(False, "Accepted for compatibility: the VAE always encodes in fp32 here (SDXL's VAE overflows in fp16).", group="memory")
+    cache_text_encoder_outputs: bool = opt(False, "Accepted for compatibility: a frozen text encoder's outputs are always cached (captions that change every step are encoded each step).", group="memory")
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: much less VRAM, ~25% slower.", group="memory")
     sdpa: bool = opt(False, "Use PyTorch scaled-dot-product attention (the default in diffusers on torch 2).", group="memory")
     xformers: bool = opt(False, "Use xformers memory-efficient attention when installed.", group="memory")
@@ -209,13 +213,13 @@ class TrainConfig:
         """Every problem at once, as (field, message) pairs."""
         problems = []
         if not self.pretrained_model_name_or_path:
-            problems.append(("pretrained_model_name_or_path", "is required: the SD1.x checkpoint to train on"))
+            problems.append(("pretrained_model_name_or_path", "is required: the checkpoint to train on (SD1.x, SD2.x or SDXL)"))
         if not self.train_data_dir and not self.dataset_config:
             problems.append(("train_data_dir", "is required: the folder with your training images"))
         try:
             w, h = self.resolution_wh()
             if w % 64 or h % 64 or not (64 <= w <= 2048 and 64 <= h <= 2048):
-                problems.append(("resolution", f"{w}x{h} must be multiples of 64 between 64 and 2048 (512,512 for SD1.5)"))
+                problems.append(("resolution", f"{w}x{h} must be multiples of 64 between 64 and 2048 (512,512 for SD1.5, 1024,1024 for SDXL)"))
         except InstantLoraError as e:
             problems.append(("resolution", e.message))
         # Types and ranges: one table (config_values.LIMITS) for every front end and for this check.

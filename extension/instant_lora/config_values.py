@@ -18,7 +18,7 @@ LIMITS = {
     "network_dim": (1, 1024),
     "network_alpha": (1e-6, 65536),
     "network_dropout": (0.0, 0.99),
-    "learning_rate": (0.0, 10.0), "unet_lr": (0.0, 10.0), "text_encoder_lr": (0.0, 10.0),
+    "learning_rate": (0.0, 10.0), "unet_lr": (0.0, 10.0), "text_encoder_lr": (0.0, 10.0), "text_encoder_lr2": (0.0, 10.0),
     "lr_warmup_steps": (0, 10_000_000),
     "lr_scheduler_num_cycles": (1, 10_000),
     "lr_scheduler_power": (1e-6, 100.0),

@@ -256,7 +256,7 @@ def _resolution(value):
             return None, f"{form} {_got(value)}"
         out.append(int(side))
     if any(side % 64 or not 64 <= side <= 2048 for side in out):
-        return None, f"{out[0]}x{out[1]} must be multiples of 64 between 64 and 2048 (512 for SD1.5)"
+        return None, f"{out[0]}x{out[1]} must be multiples of 64 between 64 and 2048 (512 for SD1.5, 1024 for SDXL)"
     return tuple(out), None
 
 

@@ -14,3 +14,8 @@ class InstantLoraError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  -> {self.hint}" if self.hint else self.message
+
+
+class UnsupportedModel(InstantLoraError):
+    """A readable checkpoint of a kind this trainer does not train (SDXL refiner, SD3, FLUX,
+    inpainting, ...): refused before a run starts, unlike a file that merely fails to read."""

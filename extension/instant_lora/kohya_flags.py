@@ -43,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(prog: str = "standalone_app.py train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, allow_abbrev=False, argument_default=argparse.SUPPRESS, exit_on_error=False,
-                description="Train an SD1.x LoRA. Accepts kohya train_network.py flags with their meaning and defaults.",
+                description="Train an SD1.x, SD2.x or SDXL LoRA. Accepts kohya train_network.py flags with their meaning and defaults.",
                 epilog=escape_help(EXIT_STATUSES))
     p.add_argument("--config_file", help=escape_help("TOML file with the same keys as these flags (flags given here win)."))
     groups = {g: p.add_argument_group(t) for g, t in GROUP_TITLES.items()}
@@ -55,7 +55,9 @@ def build_parser(prog: str = "standalone_app.py train") -> argparse.ArgumentPars
         help_text = meta["help"] + (f" [default: {shown}]" if shown not in (None, "", []) and not isinstance(shown, bool) else "")
         kind = field_type(name)
         kw = {"help": escape_help(help_text), "dest": name}
-        if kind is bool:
+        if name == "text_encoder_lr":  # the reference's: one value for every text encoder, or one each
+            kw.update(nargs="+", type=number, metavar="FLOAT")
+        elif kind is bool:
             kw["action"] = "store_true"
         elif kind is list:
             kw["nargs"] = "*"
@@ -173,8 +175,24 @@ def parse_train_command(argv: list[str]) -> TrainFlags:
         overwrite = overwrite or file_overwrite is True
     explicit = set(values) | set(given)
     values.update(given)
+    _split_text_encoder_lr(values, explicit, problems)
     return TrainFlags(values=values, explicit=explicit & set(FIELD_NAMES), source=config_file or "command line",
                       overwrite=overwrite, problems=problems)
+
+
+def _split_text_encoder_lr(values: dict, explicit: set, problems: list) -> None:
+    """--text_encoder_lr A [B] (or a TOML list): A for CLIP-L (and bigG unless B is given)."""
+    lrs = values.get("text_encoder_lr")
+    if not isinstance(lrs, list):
+        return
+    if not 1 <= len(lrs) <= 2:
+        problems.append(("text_encoder_lr", f"takes one value, or two for SDXL's two text encoders (got {len(lrs)})"))
+        values.pop("text_encoder_lr")
+        return
+    values["text_encoder_lr"] = lrs[0]
+    if len(lrs) == 2:
+        values["text_encoder_lr2"] = lrs[1]
+        explicit.add("text_encoder_lr2")
 
 
 def parse_collecting(parser: argparse.ArgumentParser, args: list[str], keep_flag_names: bool = False):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .config_values import coerce_values
-from .errors import InstantLoraError
+from .errors import InstantLoraError, UnsupportedModel
 
 FRONTS = ("cli", "app", "api", "config")
 # The app and REST train with the same settings when the user leaves a field alone. Where the
@@ -80,11 +80,13 @@ class PreparedRun:
         return self.plan.output_name
 
 
-def _layer(request: RunRequest, host) -> tuple[dict, list]:
-    """The merged values and the problems found while merging."""
+def _layer(request: RunRequest, host) -> tuple[dict, list, set]:
+    """The merged values, the problems found while merging, and the keys a preset or the user
+    chose (the rest are front-end or host defaults, which a model family's defaults replace)."""
     from .presets import list_presets, load_preset
 
     problems: list[tuple[str, str]] = []
+    chosen: set = set()
     if request.front not in FRONTS:
         raise ValueError(f"unknown front end {request.front!r}")
     merged = dict(FRONT_DEFAULTS[request.front])
@@ -99,7 +101,9 @@ def _layer(request: RunRequest, host) -> tuple[dict, list]:
                 problems.append(("preset", f"'{request.preset:.80}' is unknown; presets: {', '.join(presets)}"))
             else:
                 try:
-                    merged.update(load_preset(presets[request.preset])[0])
+                    preset_values = load_preset(presets[request.preset])[0]
+                    merged.update(preset_values)
+                    chosen.update(preset_values)
                 except InstantLoraError as e:
                     problems.append(("preset", e.message))
     user = dict(request.values)
@@ -122,7 +126,38 @@ def _layer(request: RunRequest, host) -> tuple[dict, list]:
     problems += type_problems
     merged.update(coerced)
     _keep_trigger_words_first(merged, set(coerced))
-    return merged, problems
+    return merged, problems, chosen | set(coerced)
+
+
+def model_family_of(values: dict, request: RunRequest, problems: list):
+    """The base model's family read from its file's header (no torch), or None when it cannot be
+    told before loading (a hub id, a missing or unreadable file: loading says what is wrong). A
+    checkpoint of a kind not trained here (an SDXL refiner, SD3, FLUX, inpainting) is a problem."""
+    from .model_family import detect_family
+
+    source = str(values.get("pretrained_model_name_or_path") or "")
+    path = Path(source).expanduser()
+    if not source or not (path.is_file() or path.is_dir()):
+        return None
+    try:
+        return detect_family(path)
+    except UnsupportedModel as e:
+        problems.append(("checkpoint" if request.checkpoint else "pretrained_model_name_or_path", str(e)))
+    except (InstantLoraError, OSError, ValueError):
+        pass
+    return None
+
+
+def _family_defaults(values: dict, chosen: set, family) -> None:
+    """What a family trains at unless the preset or the user said otherwise: SDXL at 1024 px with
+    buckets up to 2048 (the reference's SDXL examples), SD2 768-v at 768 px."""
+    if family is None:
+        return
+    size = family.default_resolution
+    if "resolution" not in chosen and size != 512:
+        values["resolution"] = f"{size},{size}"
+        if "max_bucket_reso" not in chosen:
+            values["max_bucket_reso"] = max(int(values.get("max_bucket_reso") or 1024), 2 * size if size >= 1024 else 1024)
 
 
 def _keep_trigger_words_first(values: dict, given: set) -> None:
@@ -150,7 +185,7 @@ def _host_owned(request: RunRequest, host, values: dict, problems: list) -> None
         return
     label = label or host.default_checkpoint()
     if not label:
-        problems.append(("checkpoint", f"no base model: put an SD1.x checkpoint into {host.models_dir}, or pass one"))
+        problems.append(("checkpoint", f"no base model: put an SD1.x, SD2.x or SDXL checkpoint into {host.models_dir}, or pass one"))
     elif request.front == "api" and not host.knows_checkpoint(label):
         problems.append(("checkpoint", f"'{label:.120}' is not a checkpoint of this server (GET /instant-lora/v1/checkpoints lists them)"))
     else:
@@ -245,10 +280,11 @@ def detect_cuda() -> bool:
 
 def validate_request(request: RunRequest, host=None) -> TrainConfig:
     """The config for a request, or RequestError listing every problem. No torch, no dataset scan."""
-    values, problems = _layer(request, host)
+    values, problems, chosen = _layer(request, host)
     _host_owned(request, host, values, problems)
     if request.find_model:
         _find_model(values, problems)
+    _family_defaults(values, chosen, model_family_of(values, request, problems))
     try:
         config = TrainConfig(**values)
     except TypeError as e:  # cannot happen for coerced values; a bug if it does
@@ -308,7 +344,8 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
     data.warnings[:0] = list(getattr(specs, "warnings", ()))  # what the dataset TOML asked for that is not done
     name = config.output_name or "last"
     run_name = f"{config.log_prefix or ''}{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    plan = make_plan(config, cuda=detect_cuda() if cuda is None else cuda, data=data,
+    family = model_family_of({"pretrained_model_name_or_path": config.pretrained_model_name_or_path}, request, [])
+    plan = make_plan(config, cuda=detect_cuda() if cuda is None else cuda, data=data, family=family,
                      explicit=request.explicit, seed=seed, reference_warnings=request.front == "cli",
                      output_dir=str(output_dir), logging_dir=config.logging_dir or str(Path(output_dir) / "logs"),
                      run_name=run_name, sample_prompts=prompts)
@@ -341,8 +378,10 @@ def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[t
     form being filled in cannot pass yet (no dataset, no checkpoint), no seed drawn, no file read."""
     from .train.plan import make_plan
 
-    values, problems = _layer(request, host)
+    values, problems, chosen = _layer(request, host)
     _host_owned(request, host, values, problems)
+    family = model_family_of(values, request, problems)
+    _family_defaults(values, chosen, family)
     values.pop("sample_prompts", None)
     try:
         config = TrainConfig(**values)
@@ -376,8 +415,8 @@ def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[t
         pass  # a value the form is still being typed into (its problem is listed already): the plan without buckets
     if data is None:
         plan = make_plan(config, len(scan.items), scan.num_train_images, cuda=detect_cuda(), seed=config.seed,
-                         reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts)
+                         reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts, family=family)
     else:
-        plan = make_plan(config, cuda=detect_cuda(), seed=config.seed, data=data,
+        plan = make_plan(config, cuda=detect_cuda(), seed=config.seed, data=data, family=family,
                          reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts)
     return plan, problems

@@ -76,9 +76,13 @@ def tokenizer_files() -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def load_sd_tokenizer():
-    """transformers.CLIPTokenizer with SD1.5's ids, built without network."""
+OPENCLIP_PAD = "!"  # id 0: what open_clip pads with (SD2's text encoder, SDXL's second one)
+
+
+def load_sd_tokenizer(pad_token: str = "<|endoftext|>"):
+    """transformers.CLIPTokenizer with SD1.5's ids, built without network. SD2's tokenizer and
+    SDXL's second one are the same BPE with `pad_token=OPENCLIP_PAD` (open_clip pads with id 0)."""
     from transformers import CLIPTokenizer
 
     vocab_file, merges_file = tokenizer_files()
-    return CLIPTokenizer(str(vocab_file), str(merges_file), pad_token="<|endoftext|>", model_max_length=MAX_LENGTH)
+    return CLIPTokenizer(str(vocab_file), str(merges_file), pad_token=pad_token, model_max_length=MAX_LENGTH)

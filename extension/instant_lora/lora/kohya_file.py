@@ -2,6 +2,9 @@
 
 Keys are `lora_unet_<diffusers path>` / `lora_te_text_model_<path>` with `.` -> `_`, each with
 `.lora_down.weight`, `.lora_up.weight` and an explicit 0-dim `.alpha` (scale = alpha / rank).
+SDXL, as the reference trainer writes it: the UNet's modules under their original (SGM) names,
+`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`, and the two text encoders as
+`lora_te1_` (CLIP-L) and `lora_te2_` (OpenCLIP bigG) with the same HF-CLIP paths.
 The WebUI matches keys by name and only logs misses at debug level, so every name written here
 is derived from a real module and checked on load: a miss is an error, never silence.
 """
@@ -12,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from ..errors import InstantLoraError
@@ -26,26 +30,78 @@ SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 def kohya_name(prefix: str, module_path: str) -> str:
     # transformers >= 5.6 drops `text_model.` from CLIPTextModel paths; the file format must not
     # depend on the installed version, so text-encoder names always carry it.
-    if prefix == TE_PREFIX and not module_path.startswith("text_model."):
+    if prefix.startswith(TE_PREFIX) and not module_path.startswith("text_model."):
         module_path = "text_model." + module_path
     return f"{prefix}_{module_path.replace('.', '_')}"
 
 
-def named_layers(unet, text_encoder=None) -> dict:
-    """{kohya name: peft layer} for every LoRA layer in the models."""
-    out = {kohya_name(UNET_PREFIX, p): layer for p, layer in lora_layers(unet)}
-    if text_encoder is not None:
-        out.update({kohya_name(TE_PREFIX, p): layer for p, layer in lora_layers(text_encoder)})
+_SGM_BLOCK = re.compile(r"(down|up)_blocks\.(\d+)\.attentions\.(\d+)\.(.+)$")
+_SGM_MID = re.compile(r"mid_block\.attentions\.0\.(.+)$")
+
+
+def uses_sgm_names(unet) -> bool:
+    """SDXL (a UNet with size/crop conditioning): its LoRA keys name the original model's blocks."""
+    return getattr(unet.config, "addition_embed_type", None) == "text_time"
+
+
+def sgm_unet_path(path: str, layers_per_block: int) -> str | None:
+    """A module inside a diffusers SDXL UNet's transformer blocks -> its path in the original
+    (SGM) layout: down level i, attention j -> input_blocks.{1 + i(L+1) + j}.1; up level i ->
+    output_blocks.{i(L+1) + j}.1; the mid block's -> middle_block.1. Paths inside a transformer
+    are the same in both layouts. None for modules outside the transformers (not LoRA targets)."""
+    m = _SGM_BLOCK.match(path)
+    if m:
+        kind, level, j, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+        n = level * (layers_per_block + 1) + j + (1 if kind == "down" else 0)
+        return f"{'input' if kind == 'down' else 'output'}_blocks.{n}.1.{rest}"
+    m = _SGM_MID.match(path)
+    return f"middle_block.1.{m.group(1)}" if m else None
+
+
+def te_prefixes(count: int) -> tuple:
+    """lora_te for one text encoder (SD1, SD2); lora_te1 / lora_te2 for SDXL's two."""
+    return (TE_PREFIX,) if count == 1 else tuple(f"{TE_PREFIX}{i + 1}" for i in range(count))
+
+
+def as_list(text_encoders) -> list:
+    if text_encoders is None:
+        return []
+    return [t for t in text_encoders if t is not None] if isinstance(text_encoders, (list, tuple)) else [text_encoders]
+
+
+def kohya_names(unet, text_encoders, items) -> dict:
+    """{kohya name: item} for `items(net)` = (module path, item) pairs of the UNet and each text
+    encoder; the one place a module's file name is made (writer, resume, merge all use it).
+    `text_encoders`: None, one encoder, or SDXL's [CLIP-L, bigG]; the prefixes follow the count
+    given, so pass both of SDXL's even when only one is needed."""
+    out = {}
+    sgm = uses_sgm_names(unet)
+    layers = unet.config.layers_per_block
+    layers = layers if isinstance(layers, int) else layers[0]
+    for path, item in items(unet):
+        if sgm:
+            path = sgm_unet_path(path, layers)
+            if path is None:
+                continue
+        out[kohya_name(UNET_PREFIX, path)] = item
+    encoders = as_list(text_encoders)
+    for prefix, te in zip(te_prefixes(len(encoders)), encoders):
+        out.update({kohya_name(prefix, p): item for p, item in items(te)})
     return out
 
 
-def extract_state_dict(unet, text_encoder=None, dtype=None) -> dict:
+def named_layers(unet, text_encoders=None) -> dict:
+    """{kohya name: peft layer} for every LoRA layer in the models."""
+    return kohya_names(unet, text_encoders, lora_layers)
+
+
+def extract_state_dict(unet, text_encoders=None, dtype=None) -> dict:
     """The kohya tensors of the trained layers (contiguous CPU copies, `dtype` or fp32)."""
     import torch
 
     dtype = dtype or torch.float32
     sd = {}
-    for name, layer in named_layers(unet, text_encoder).items():
+    for name, layer in named_layers(unet, text_encoders).items():
         down, up, alpha = layer_tensors(layer)
         sd[name + ".lora_down.weight"] = down.detach().to("cpu", dtype).contiguous()
         sd[name + ".lora_up.weight"] = up.detach().to("cpu", dtype).contiguous()
@@ -60,11 +116,11 @@ def split_key(key: str) -> tuple[str, str]:
     raise InstantLoraError(f"unexpected tensor '{key}' in LoRA file", hint="only kohya-format LoRA files are supported")
 
 
-def load_into_layers(sd: dict, unet, text_encoder=None, source: str = "LoRA file") -> None:
+def load_into_layers(sd: dict, unet, text_encoders=None, source: str = "LoRA file") -> None:
     """Copy a kohya state dict into injected peft layers (resume, `--network_weights`). Strict."""
     import torch
 
-    layers = named_layers(unet, text_encoder)
+    layers = named_layers(unet, text_encoders)
     seen = set()
     for key, tensor in sd.items():
         name, suffix = split_key(key)
@@ -170,11 +226,12 @@ def read_lora_file(path: Path) -> tuple[dict, dict]:
 
 
 def write_sidecar(lora_path: Path, activation_text: str = "", preferred_weight: float = 0.0, description: str = "",
-                  notes: str = "") -> Path:
-    """`<name>.json` that the WebUI's Lora card reads (activation text = trigger words)."""
+                  notes: str = "", sd_version: str = "SD1") -> Path:
+    """`<name>.json` that the WebUI's Lora card reads (activation text = trigger words; "sd version"
+    SD1 / SD2 / SDXL: the card filter that shows a LoRA with checkpoints of its family)."""
     lora_path = Path(lora_path)
     side = lora_path.with_suffix(".json")
-    data = {"description": description, "sd version": "SD1", "activation text": activation_text,
+    data = {"description": description, "sd version": sd_version, "activation text": activation_text,
             "preferred weight": preferred_weight, "notes": notes}
     atomic_write_bytes(side, (json.dumps(data, indent=4, ensure_ascii=False) + "\n").encode("utf-8"))
     return side

@@ -15,29 +15,32 @@ and works the same under the WebUI's libraries. Figures: benchmarks/RESULTS.md.
 from __future__ import annotations
 
 from ..errors import InstantLoraError
-from ..lora.kohya_file import TE_PREFIX, UNET_PREFIX, kohya_name, split_key
+from ..lora.kohya_file import TE_PREFIX, UNET_PREFIX, as_list, kohya_name, kohya_names, split_key, uses_sgm_names
 
 _TE1 = "lora_te1_"  # SD1 files from some trainers; the same modules as lora_te_
 
 
-def _module_map(unet, text_encoder) -> dict:
-    modules = {}
-    for prefix, net in ((UNET_PREFIX, unet), (TE_PREFIX, text_encoder)):
-        if net is None:
-            continue
-        for path, module in net.named_modules():
-            weight = getattr(module, "weight", None)
-            if path and weight is not None and hasattr(weight, "shape"):
-                modules[kohya_name(prefix, path)] = module
+def _weighted_modules(net):
+    for path, module in net.named_modules():
+        weight = getattr(module, "weight", None)
+        if path and weight is not None and hasattr(weight, "shape"):
+            yield path, module
+
+
+def _module_map(unet, text_encoders) -> dict:
+    modules = kohya_names(unet, text_encoders, _weighted_modules)
+    if uses_sgm_names(unet):  # SDXL LoRAs from other trainers may name the UNet's diffusers paths
+        modules.update({kohya_name(UNET_PREFIX, p): m for p, m in _weighted_modules(unet) if kohya_name(UNET_PREFIX, p) not in modules})
     return modules
 
 
-def group_lora_tensors(sd: dict, source: str = "LoRA") -> dict:
-    """{kohya module name: {"down", "up", "alpha"}} from a kohya state dict; checks completeness."""
+def group_lora_tensors(sd: dict, source: str = "LoRA", single_text_encoder: bool = True) -> dict:
+    """{kohya module name: {"down", "up", "alpha"}} from a kohya state dict; checks completeness.
+    With one text encoder (SD1/SD2), `lora_te1_` is read as `lora_te_` (some trainers write it)."""
     groups: dict = {}
     for key, tensor in sd.items():
         name, suffix = split_key(key)
-        if name.startswith(_TE1):
+        if single_text_encoder and name.startswith(_TE1):
             name = TE_PREFIX + "_" + name[len(_TE1):]
         slot = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}[suffix]
         groups.setdefault(name, {})[slot] = tensor
@@ -57,7 +60,7 @@ def _check_shapes(name: str, group: dict, weight, source: str) -> None:
     if not (out_ok and in_ok):
         raise InstantLoraError(f"{source}: '{name}' has down {tuple(down.shape)} / up {tuple(up.shape)}, which does not fit "
                                f"the model's weight {tuple(weight.shape)}.",
-                               hint="the LoRA was trained for another model family (SD1.x expected)")
+                               hint="the LoRA was trained for another model family (SD1.x, SD2.x and SDXL LoRAs differ)")
 
 
 class LoraMerger:
@@ -69,7 +72,7 @@ class LoraMerger:
 
     def __init__(self, unet, text_encoder=None, backup_device=None):
         self.unet = unet
-        self.text_encoder = text_encoder
+        self.text_encoder = text_encoder  # one encoder, or SDXL's [CLIP-L, bigG]
         self.backup_device = backup_device
         self._backup: dict = {}  # module -> copy of its original weight
         self.applied: list[str] = []  # what is merged now, for messages
@@ -84,18 +87,19 @@ class LoraMerger:
         import torch
 
         te_weight = unet_weight if te_weight is None else te_weight
-        groups = group_lora_tensors(sd, source)
-        modules = _module_map(self.unet, self.text_encoder)
+        encoders = as_list(self.text_encoder)
+        groups = group_lora_tensors(sd, source, single_text_encoder=len(encoders) < 2)
+        modules = _module_map(self.unet, encoders)
         unmatched = sorted(n for n in groups if n not in modules)
         if unmatched:
-            has_te = any(n.startswith(TE_PREFIX + "_") for n in unmatched)
+            has_te = any(n.startswith(TE_PREFIX) for n in unmatched)
             raise InstantLoraError(f"{source}: {len(unmatched)} of {len(groups)} LoRA modules match nothing in this model "
                                    f"(e.g. {unmatched[0]}).",
-                                   hint="no text encoder was given to apply it to" if has_te and self.text_encoder is None
-                                   else "the LoRA was trained for another model family (SD1.x expected)")
+                                   hint="no text encoder was given to apply it to" if has_te and not encoders
+                                   else "the LoRA was trained for another model family (SD1.x, SD2.x and SDXL LoRAs differ)")
         work = []
         for name, group in sorted(groups.items()):
-            is_te = name.startswith(TE_PREFIX + "_")
+            is_te = name.startswith(TE_PREFIX)
             w = te_weight if is_te else unet_weight
             if w == 0:
                 continue  # weight 0 leaves the weights untouched: exactly the base model

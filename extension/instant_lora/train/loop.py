@@ -146,44 +146,63 @@ class Run:
             self.emit(Status(f"loading {cfg.pretrained_model_name_or_path} ..."))
             self.model = load_sd_model(cfg.pretrained_model_name_or_path, config_dir=cfg.model_config_dir)
         m = self.model
-        for net in (m.unet, m.vae, m.text_encoder):
+        if cfg.v_parameterization and m.prediction_type != "v_prediction":  # the user knows better than the file
+            from dataclasses import replace
+
+            from ..models import training_noise_scheduler
+
+            m.noise_scheduler = training_noise_scheduler("v_prediction")
+            m.family = replace(m.family, prediction="v", why=m.family.why + "; v-prediction by --v_parameterization")
+        encoders = m.text_encoders
+        for net in (m.unet, m.vae, *encoders):
             net.requires_grad_(False)
             net.eval()
         self._set_attention()
+        self.emit(Status(f"model family: {m.family.label} ({m.family.why}); text encoder(s): "
+                         f"{', '.join(m.family.text_encoders)}"))
         # LoRA goes in while the base is fp32; the frozen base is cast down afterwards and the
         # LoRA weights stay fp32 (an fp16 optimizer state underflows).
         unet_names = unet_targets(m.unet, cfg.preset)
-        te_names = text_encoder_targets(m.text_encoder, cfg.preset) if plan.train_text_encoder else []
+        te_names = [text_encoder_targets(te, cfg.preset) if plan.train_text_encoder else [] for te in encoders]
         dropout = cfg.network_dropout or 0.0
         # Seeded from the run's seed: same seed + same data = the same file, bit for bit.
         inject_lora(m.unet, unet_names, plan.rank, plan.alpha, dropout, seed=plan.seed, seed_salt="unet")
-        inject_lora(m.text_encoder, te_names, plan.rank, plan.alpha, dropout, seed=plan.seed, seed_salt="text_encoder")
-        for net in (m.unet, m.text_encoder):
+        for i, (te, names) in enumerate(zip(encoders, te_names)):
+            inject_lora(te, names, plan.rank, plan.alpha, dropout, seed=plan.seed,
+                        seed_salt="text_encoder" if i == 0 else f"text_encoder_{i + 1}")
+        for net in (m.unet, *encoders):
             for n, prm in net.named_parameters():
                 if "lora_" not in n:
                     prm.data = prm.data.to(self.weight_dtype)
             for prm in lora_parameters(net):
                 prm.data = prm.data.float()
         self.unet_params = lora_parameters(m.unet)
-        self.te_params = lora_parameters(m.text_encoder) if te_names else []
+        self.te_param_groups = [lora_parameters(te) for te in encoders] if plan.train_text_encoder else []
+        self.te_params = [p for group in self.te_param_groups for p in group]
         n_train = sum(p.numel() for p in self.unet_params + self.te_params)
-        n_base = sum(p.numel() for net in (m.unet, m.text_encoder) for p in net.parameters()) - n_train
-        self.emit(Status(f"LoRA: {len(unet_names)} UNet modules + {len(te_names)} text-encoder modules, "
+        n_base = sum(p.numel() for net in (m.unet, *encoders) for p in net.parameters()) - n_train
+        te_count = " + ".join(str(len(n)) for n in te_names)
+        self.emit(Status(f"LoRA: {len(unet_names)} UNet modules + {te_count} text-encoder modules, "
                          f"{n_train:,} trainable parameters ({100 * n_train / max(n_base, 1):.2f}% of {n_base:,})"))
         if cfg.network_weights:
             sd, _ = read_lora_file(Path(cfg.network_weights))
-            load_into_layers(sd, m.unet, m.text_encoder if te_names else None, source=cfg.network_weights)
+            load_into_layers(sd, m.unet, self.trained_encoders(), source=cfg.network_weights)
             self.emit(Status(f"started from the weights of {cfg.network_weights}"))
         if cfg.gradient_checkpointing:
             m.unet.enable_gradient_checkpointing()
-            if te_names:
-                m.text_encoder.gradient_checkpointing_enable()
+            for te in (encoders if self.te_params else []):
+                te.gradient_checkpointing_enable()
                 # transformers 4.30 uses reentrant checkpointing: without grad-requiring inputs the
                 # LoRA inside gets no gradient at all.
-                m.text_encoder.enable_input_require_grads()
+                te.enable_input_require_grads()
         m.unet.to(self.device)
-        m.text_encoder.to(self.device)
+        for te in encoders:
+            te.to(self.device)
         m.vae.to(self.device, torch.float32)
+
+    def trained_encoders(self):
+        """The text encoders whose LoRA is trained (and saved), or None: all of them or none."""
+        return self.model.text_encoders if self.te_params else None
 
     @staticmethod
     def _reset_accelerate() -> None:
@@ -210,7 +229,7 @@ class Run:
     def build_caches(self) -> None:
         import torch
 
-        from .. import cache
+        from .. import cache, conditioning
         from ..text_windows import MAX_WINDOWS, count_cut
         from .images import ImageMemory
 
@@ -224,10 +243,11 @@ class Run:
             self.emit(Status(f"caching latents of {len(samples)} images in {len(data.bucket_rows())} bucket(s) "
                              f"(VAE runs once per image{', twice for the mirrored copy' if flipped else ''})..."))
             self.latents = cache.encode_images(m.vae, samples, device=self.device, to_disk=cfg.cache_latents_to_disk,
-                                               progress=lambda done, total: self.control.check("caching"))
+                                               progress=lambda done, total: self.control.check("caching"),
+                                               family="sdxl" if m.family.name == "sdxl" else "sd")
             m.vae.to("cpu")  # not needed again this run (held-out images are cached too): free its VRAM
         fixed = [s.rules.fixed(s.caption) for s in samples]
-        cut = count_cut(m.tokenizer, fixed, self.max_windows)  # per image, as the user counts them
+        cut = count_cut(m.tokenizer, fixed, self.max_windows)  # SDXL's two tokenizers cut alike  # per image, as the user counts them
         if cut:
             self.emit(Warn(f"{cut} image(s)' captions are longer than --max_token_length {cfg.max_token_length or 75} tokens and are cut "
                            f"there (the words after it are not learned): shorten them, or use --max_token_length=150 or 225"))
@@ -237,12 +257,13 @@ class Run:
         if not plan.train_text_encoder:
             self.emit(Status("text encoder frozen: caching its outputs for each caption"
                              + (" (captions that change every step, by shuffling or dropout, are encoded at each step)" if varies else "")))
-            self.text_cache = cache.encode_captions(m.text_encoder, m.tokenizer, fixed, clip_skip=cfg.clip_skip,
-                                                    device=self.device, dtype=self.weight_dtype, max_windows=self.max_windows)
-            self.empty_window = cache.encode_captions(m.text_encoder, m.tokenizer, [""], clip_skip=cfg.clip_skip,
-                                                      device=self.device, dtype=self.weight_dtype)[""]
+            self.text_cache = conditioning.encode_captions(m, fixed, clip_skip=cfg.clip_skip, device=self.device,
+                                                           dtype=self.weight_dtype, max_windows=self.max_windows)
+            self.empty_window = conditioning.encode_captions(m, [""], clip_skip=cfg.clip_skip, device=self.device,
+                                                             dtype=self.weight_dtype)[""]
             if not varies:
-                m.text_encoder.to("cpu")
+                for te in m.text_encoders:
+                    te.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -251,8 +272,8 @@ class Run:
 
         cfg, plan = self.config, self.plan
         groups = [{"params": self.unet_params, "lr": plan.unet_lr}]
-        if self.te_params:
-            groups.append({"params": self.te_params, "lr": plan.text_encoder_lr})
+        for i, params in enumerate(self.te_param_groups):
+            groups.append({"params": params, "lr": plan.text_encoder_lrs[min(i, len(plan.text_encoder_lrs) - 1)]})
         optimizer = make_optimizer(cfg.optimizer_type, groups, cfg.optimizer_kwargs(), cuda=plan.device == "cuda",
                                    warn=lambda msg: self.emit(Warn(msg)))
         kind = type(optimizer)
@@ -260,10 +281,10 @@ class Run:
         scheduler = make_scheduler(cfg.lr_scheduler, optimizer, warmup_steps=plan.warmup_steps, total_steps=plan.max_train_steps,
                                    num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power)
         m = self.model
-        nets = [m.unet] + ([m.text_encoder] if self.te_params else [])
-        prepared = self.accelerator.prepare(*nets, optimizer, scheduler)
+        encoders = m.text_encoders if self.te_params else []
+        prepared = self.accelerator.prepare(m.unet, *encoders, optimizer, scheduler)
         self.unet_fwd = prepared[0]
-        self.te_fwd = prepared[1] if self.te_params else None
+        self.te_fwd = list(prepared[1:1 + len(encoders)]) or None  # one per text encoder, when trained
         self.optimizer, self.scheduler = prepared[-2], prepared[-1]
 
     # ---- one step --------------------------------------------------------------------------
@@ -307,8 +328,8 @@ class Run:
         self.started_at = run_clock()
         self.t0 = time.time()
         self.unet_fwd.train()
-        if self.te_fwd is not None:
-            self.te_fwd.train()
+        for te in self.te_fwd or []:
+            te.train()
         self.enter("training")
         self.emit(Status(f"training from step {step} to {plan.max_train_steps}" if step else "training..."))
         if plan.samples_at(0) and step == 0:

@@ -16,6 +16,29 @@ MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_netwo
                 "ss_network_args", "ss_output_name")
 
 
+# What the reference trainer writes per family (sd-scripts model_util / sdxl_model_util /
+# sai_model_spec), and the WebUI's card filter value ("sd version" in the sidecar).
+BASE_MODEL_VERSION = {("sd1", "epsilon"): "sd_v1", ("sd1", "v"): "sd_v1_v", ("sd2", "epsilon"): "sd_v2",
+                      ("sd2", "v"): "sd_v2_v", ("sdxl", "epsilon"): "sdxl_base_v1-0", ("sdxl", "v"): "sdxl_base_v1-0"}
+ARCHITECTURE = {("sd1", "epsilon"): "stable-diffusion-v1", ("sd1", "v"): "stable-diffusion-v1",
+                ("sd2", "epsilon"): "stable-diffusion-v2-512", ("sd2", "v"): "stable-diffusion-v2-768-v",
+                ("sdxl", "epsilon"): "stable-diffusion-xl-v1-base", ("sdxl", "v"): "stable-diffusion-xl-v1-base"}
+SGM_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
+WEBUI_VERSION = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+
+
+def family_keys(family) -> dict:
+    """The keys by which loaders and the WebUI's card filter tell a LoRA's base model family."""
+    key = (family.name, family.prediction)
+    return {
+        "ss_v2": family.name == "sd2",
+        "ss_base_model_version": BASE_MODEL_VERSION[key],
+        "modelspec.architecture": f"{ARCHITECTURE[key]}/lora",
+        "modelspec.implementation": SGM_IMPLEMENTATION if family.name == "sdxl" else "diffusers",
+        "modelspec.prediction_type": family.prediction,
+    }
+
+
 TRAINER_MARK = "instant-lora-"  # ss_sd_scripts_commit_hash prefix: how a file trained here is recognised
 
 
@@ -62,9 +85,7 @@ def build_metadata(config, plan, scan, model, *, output_name: str, started_at: f
         "ss_network_train_unet_only": not plan.train_text_encoder,
         "ss_sd_model_name": model.name,
         "ss_sd_model_hash": model.legacy_hash,
-        "ss_v2": False,
-        "ss_base_model_version": "sd_v1",
-        "ss_clip_skip": config.clip_skip,
+        "ss_clip_skip": None if model.family.name == "sdxl" else config.clip_skip,  # SDXL: fixed penultimate layers
         "ss_max_token_length": config.max_token_length,
         "ss_noise_offset": config.noise_offset,
         "ss_min_snr_gamma": config.min_snr_gamma,
@@ -98,13 +119,11 @@ def build_metadata(config, plan, scan, model, *, output_name: str, started_at: f
         "ss_tag_frequency": json.dumps(scan.tag_frequency()),
         "ss_caption_extension": config.caption_extension,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
-        "modelspec.implementation": "diffusers",
+        **family_keys(model.family),
         "modelspec.title": output_name,
         "modelspec.resolution": f"{w}x{h}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(started_at)).isoformat(),
-        "modelspec.prediction_type": "epsilon",
-        "modelspec.encoder_layer": config.clip_skip or 1,
+        "modelspec.encoder_layer": 2 if model.family.name == "sdxl" else config.clip_skip or 1,
     }
     if finished:
         md["ss_training_finished_at"] = run_clock()

@@ -24,12 +24,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def min_snr_weights(noise_scheduler, timesteps, gamma: float):
-    """min(SNR, gamma) / SNR per sample (Hang et al. 2023, eq. 9; epsilon prediction)."""
+    """Min-SNR-gamma loss weights per sample (Hang et al. 2023, eq. 9): min(SNR, gamma) / SNR for
+    epsilon prediction; min(SNR, gamma) / (SNR + 1) for v-prediction, whose target already carries
+    a factor SNR + 1 relative to the noise's (the reference trainer's apply_snr_weight)."""
     import torch
 
     alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
     snr = alphas / (1 - alphas)
-    return torch.minimum(snr, torch.full_like(snr, gamma)) / snr
+    clipped = torch.minimum(snr, torch.full_like(snr, gamma))
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr
 
 
 def step_rng(seed: int, kind: str, micro_index: int, position: int):
@@ -40,23 +45,39 @@ def step_rng(seed: int, kind: str, micro_index: int, position: int):
     return random.Random(f"{kind}-{seed}-{micro_index}-{position}")
 
 
-def batch_latents(run, samples, micro_index: int):
+def sample_views(run, samples, micro_index: int) -> tuple[list, list]:
+    """This step's (flips, crops) of the samples: drawn per (seed, micro-batch, position); the
+    crop is the bucket's centre crop unless random_crop draws another (never with cached latents)."""
+    from .images import crop_box
+
+    seed = run.plan.seed
+    flips = [s.flip_aug and step_rng(seed, "flip", micro_index, j).random() < 0.5 for j, s in enumerate(samples)]
+    if run.latents is not None:
+        return flips, [s.placement.crop for s in samples]
+    return flips, [crop_box(s, step_rng(seed, "crop", micro_index, j)) for j, s in enumerate(samples)]
+
+
+def batch_latents(run, samples, flips, crops):
     """Latents of the batch: cached (both orientations when flipping), or encoded now from the
-    images kept in memory; each sample flipped and cropped as this step draws it."""
+    images kept in memory, each sample flipped and cropped as this step draws it."""
     import torch
 
     from ..cache import latent_key
-    from .images import crop_box, pixels
+    from .images import pixels
 
-    plan = run.plan
-    flips = [s.flip_aug and step_rng(plan.seed, "flip", micro_index, j).random() < 0.5 for j, s in enumerate(samples)]
     if run.latents is not None:
         return torch.stack([run.latents[latent_key(s, f)] for s, f in zip(samples, flips)]).to(run.device)
-    crops = [crop_box(s, step_rng(plan.seed, "crop", micro_index, j)) for j, s in enumerate(samples)]
     with torch.no_grad():
         px = torch.stack([pixels(s, flip=f, crop=c, memory=run.images) for s, f, c in zip(samples, flips, crops)])
         vae = run.model.vae
         return vae.encode(px.to(run.device, torch.float32)).latent_dist.mean * vae.config.scaling_factor
+
+
+def size_ids(samples, flips, crops) -> list | None:
+    """SDXL's size conditioning per sample (original size, crop, target), from its bucket placement."""
+    from ..conditioning import time_ids
+
+    return [time_ids(s.size, c, s.placement.resized, f) for s, f, c in zip(samples, flips, crops)]
 
 
 def step_captions(run, samples, micro_index: int, epoch: int) -> list[str]:
@@ -69,33 +90,31 @@ def step_captions(run, samples, micro_index: int, epoch: int) -> list[str]:
 
 
 def text_states(run, captions: list[str]):
-    """Hidden states [b, 77 * windows, dim]: from the cache when every caption is in it (padded to
-    the batch's window count with the empty window, as the WebUI pads a batch), else encoded now."""
+    """The batch's TextConditioning (hidden [b, 77 * windows, dim], SDXL's pooled [b, dim]): from
+    the cache when every caption is in it (padded to the batch's window count with the empty
+    window, as the WebUI pads a batch), else encoded now."""
     import torch
 
-    from ..text_windows import batch_window_ids, encode_windows
+    from .. import conditioning
 
     cache = run.text_cache
     if cache is not None and all(c in cache for c in captions):
-        states = [cache[c] for c in captions]
-        longest = max(s.shape[0] for s in states)
-        empty = run.empty_window
-        padded = [torch.cat([s] + [empty] * ((longest - s.shape[0]) // empty.shape[0])) if s.shape[0] < longest else s
-                  for s in states]
-        return torch.stack(padded)
-    ids, _ = batch_window_ids(run.model.tokenizer, captions, run.max_windows)
-    ids = ids.to(run.device)
+        return conditioning.stack([cache[c] for c in captions], run.empty_window)
+    ids = conditioning.window_ids(run.model, captions, run.max_windows)
     if run.te_fwd is None:  # frozen: captions that change every step are encoded without gradients
         with torch.no_grad():
-            return encode_windows(run.model.text_encoder, ids, run.config.clip_skip)
-    return encode_windows(run.te_fwd, ids, run.config.clip_skip)
+            return conditioning.encode(run.model, ids, run.config.clip_skip)
+    return conditioning.encode(run.model, ids, run.config.clip_skip, nets=run.te_fwd)
 
 
-def diffusion_loss(run, latents, hidden, g, weights=None, timesteps=None):
-    """Per-sample MSE between the UNet's prediction and the noise (drawn from `g`), at random
-    timesteps unless given; weights multiply each sample's loss (regularization images)."""
+def diffusion_loss(run, latents, cond, g, weights=None, timesteps=None, sizes=None):
+    """Per-sample MSE between the UNet's prediction and its target (the noise drawn from `g`, or
+    for v-prediction the velocity), at random timesteps unless given; weights multiply each
+    sample's loss (regularization images). `sizes`: SDXL's size conditioning per sample."""
     import torch
     import torch.nn.functional as F
+
+    from ..conditioning import unet_kwargs
 
     cfg, m = run.config, run.model
     latents = latents.to(run.weight_dtype)
@@ -107,8 +126,13 @@ def diffusion_loss(run, latents, hidden, g, weights=None, timesteps=None):
         timesteps = torch.randint(0, m.noise_scheduler.config.num_train_timesteps, (bsz,), generator=g)
     noise, timesteps = noise.to(run.device, latents.dtype), timesteps.to(run.device)
     noisy = m.noise_scheduler.add_noise(latents, noise, timesteps)
-    pred = run.unet_fwd(noisy, timesteps, hidden.to(run.weight_dtype)).sample
-    loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+    cond = cond.to(run.device, run.weight_dtype)
+    pred = run.unet_fwd(noisy, timesteps, cond.hidden, **unet_kwargs(cond, sizes)).sample
+    if m.noise_scheduler.config.prediction_type == "v_prediction":
+        target = m.noise_scheduler.get_velocity(latents.float(), noise.float(), timesteps)
+    else:
+        target = noise
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if weights is not None:
         loss = loss * weights.to(loss.device)
     return loss, timesteps
@@ -122,12 +146,14 @@ def batch_loss(run, samples, micro_index: int, epoch: int = 0):
     import torch
 
     cfg, plan = run.config, run.plan
-    latents = batch_latents(run, samples, micro_index)
-    hidden = text_states(run, step_captions(run, samples, micro_index, epoch))
+    flips, crops = sample_views(run, samples, micro_index)
+    latents = batch_latents(run, samples, flips, crops)
+    cond = text_states(run, step_captions(run, samples, micro_index, epoch))
     weights = None
     if any(s.is_reg for s in samples):
         weights = torch.tensor([cfg.prior_loss_weight if s.is_reg else 1.0 for s in samples])
-    loss, timesteps = diffusion_loss(run, latents, hidden, rng(plan.seed, 2, micro_index), weights)
+    loss, timesteps = diffusion_loss(run, latents, cond, rng(plan.seed, 2, micro_index), weights,
+                                     sizes=size_ids(samples, flips, crops))
     if cfg.min_snr_gamma:
         loss = loss * min_snr_weights(run.model.noise_scheduler, timesteps, cfg.min_snr_gamma)
     return loss.mean()
@@ -146,7 +172,7 @@ def validation_loss(run) -> float:
     data, plan = run.data, run.plan
     seed = run.config.validation_seed if run.config.validation_seed is not None else plan.seed
     total, count = 0.0, 0
-    nets = [n for n in (run.unet_fwd, run.te_fwd) if n is not None]
+    nets = [run.unet_fwd] + list(run.te_fwd or [])
     modes = [n.training for n in nets]
     for n in nets:
         n.eval()
@@ -154,10 +180,11 @@ def validation_loss(run) -> float:
         with torch.no_grad():
             for index, s in enumerate(data.validation):
                 latents = run.latents_of_validation(s)
-                hidden = text_states(run, [s.rules.fixed(s.caption)])
+                cond = text_states(run, [s.rules.fixed(s.caption)])
+                sizes = size_ids([s], [False], [s.placement.crop])
                 for t in VALIDATION_TIMESTEPS:
                     steps = torch.tensor([min(t, run.model.noise_scheduler.config.num_train_timesteps - 1)])
-                    loss, _ = diffusion_loss(run, latents[None], hidden, rng(seed, 4, index, t), timesteps=steps)
+                    loss, _ = diffusion_loss(run, latents[None], cond, rng(seed, 4, index, t), timesteps=steps, sizes=sizes)
                     total += float(loss.sum())
                     count += 1
     finally:

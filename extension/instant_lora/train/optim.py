@@ -36,7 +36,24 @@ def make_optimizer(name: str, param_groups: list, kwargs: dict, *, cuda: bool, w
         except ImportError:
             raise InstantLoraError("--optimizer_type=Lion needs the lion-pytorch package", hint="pip install lion-pytorch") from None
         return Lion(param_groups, **kwargs)
-    raise InstantLoraError(f"optimizer '{name}' is not supported", hint="use AdamW, AdamW8bit, Prodigy or Lion")
+    if key == "adafactor":
+        return _adafactor(param_groups, kwargs)
+    raise InstantLoraError(f"optimizer '{name}' is not supported", hint="use AdamW, AdamW8bit, Adafactor, Prodigy or Lion")
+
+
+def _adafactor(param_groups: list, kwargs: dict):
+    """transformers' Adafactor at the learning rate the user set: its factored second moments take
+    a fraction of AdamW's optimizer memory (the reference's low-VRAM SDXL recipe). Its own step
+    size (relative_step) and update scaling are off unless asked for; relative_step cannot be
+    combined with a learning rate, so it is refused with what to do."""
+    from transformers.optimization import Adafactor
+
+    kw = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **kwargs}
+    if kw["relative_step"] or kw["warmup_init"]:
+        raise InstantLoraError("Adafactor with relative_step=True / warmup_init=True picks its own learning rate, "
+                               "and this trainer trains at the learning rate you set",
+                               hint="remove relative_step / warmup_init from --optimizer_args (they default to False here)")
+    return Adafactor(param_groups, **kw)
 
 
 def make_scheduler(name: str, optimizer, *, warmup_steps: int, total_steps: int, num_cycles: int = 1, power: float = 1.0):

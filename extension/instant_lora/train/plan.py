@@ -54,6 +54,13 @@ class TrainPlan:
     validation_steps: tuple = ()  # steps after which the validation loss is measured
     reg_per_epoch: int = 0  # regularization entries among num_train_images
     batch_sizes: tuple = ()  # per dataset of a dataset TOML, when they differ
+    family: object = None  # model_family.ModelFamily read from the checkpoint; None = told when it loads
+    text_encoder_lr2: float | None = None  # SDXL's second text encoder; None = text_encoder_lr
+
+    @property
+    def text_encoder_lrs(self) -> tuple:
+        """Per text encoder (SDXL: CLIP-L, bigG)."""
+        return (self.text_encoder_lr, self.text_encoder_lr if self.text_encoder_lr2 is None else self.text_encoder_lr2)
 
     def validates_at(self, step: int) -> bool:
         return step in self.validation_steps
@@ -123,10 +130,17 @@ def validation_schedule(max_steps: int, steps_per_epoch: int, every_steps: int |
 
 def make_plan(config, num_images: int = 0, num_train_images: int = 0, *, cuda: bool, explicit: frozenset | set = frozenset(),
               seed: int | None = None, reference_warnings: bool = True, output_dir: str | None = None,
-              logging_dir: str | None = None, run_name: str = "", sample_prompts: tuple = (), data=None) -> TrainPlan:
+              logging_dir: str | None = None, run_name: str = "", sample_prompts: tuple = (), data=None,
+              family=None) -> TrainPlan:
     """`data` (train.data.TrainingData) gives the image counts and the batches per epoch (its
-    buckets never mix, so a bucket's last batch may be short); without it one square size."""
+    buckets never mix, so a bucket's last batch may be short); without it one square size.
+    `family` (model_family.ModelFamily) as read from the checkpoint, when it could be."""
     warnings = []
+    if family is not None and config.v_parameterization and family.prediction != "v":
+        from dataclasses import replace
+
+        family = replace(family, prediction="v", why=family.why + "; v-prediction by --v_parameterization")
+    warnings += family_warnings(config, family)
     w, h = config.resolution_wh()
     bs = config.train_batch_size
     if data is not None:
@@ -188,9 +202,45 @@ def make_plan(config, num_images: int = 0, num_train_images: int = 0, *, cuda: b
         data_lines=tuple(data.lines()) if data is not None else (),
         reg_per_epoch=data.reg_per_epoch if data is not None else 0,
         batch_sizes=tuple(data.batch_sizes) if data is not None and len(set(data.batch_sizes)) > 1 else (),
+        family=family, text_encoder_lr2=config.text_encoder_lr2,
         validation_steps=validation_schedule(max_steps, steps_per_epoch, config.validate_every_n_steps,
                                              config.validate_every_n_epochs) if data is not None and data.validation else (),
     )
+
+
+def family_line(plan: TrainPlan) -> str:
+    """Which family the checkpoint is and what that means for this run, in one line."""
+    f = plan.family
+    encoders = " + ".join(f.text_encoders)
+    if f.name == "sdxl":
+        cond = (f"text: {encoders} (penultimate layers, 2048 features + pooled bigG); size/crop conditioning per "
+                f"image; clip skip does not apply")
+    else:
+        cond = f"text: {encoders}" + ("" if f.name == "sd1" else " (its penultimate layer, as SD2 uses it)")
+    target = "v-prediction target" if f.prediction == "v" else "noise (epsilon) target"
+    return f"model: {f.label} ({f.why}); {cond}; {target}; native size {f.default_resolution}x{f.default_resolution}"
+
+
+def family_warnings(config, family) -> list[str]:
+    """What a setting means (or does not) for this model family."""
+    if family is None:
+        return []
+    out = []
+    w, h = config.resolution_wh()
+    if family.name == "sdxl":
+        if config.clip_skip and config.clip_skip > 1:
+            out.append(f"--clip_skip {config.clip_skip} does not apply to SDXL: both text encoders' penultimate layers are "
+                       "used, as the WebUI and the reference trainer do")
+        if w * h < 768 * 768:
+            out.append(f"SDXL at {w}x{h}: SDXL was trained at 1024x1024 and a LoRA trained much smaller tends to look "
+                       "soft at 1024; use 1024 (or at least 768) unless this is a quick test")
+    elif family.name != "sd2" and config.v2:
+        out.append(f"--v2 is ignored: the checkpoint is {family.label} ({family.why})")
+    if family.name == "sd2" and family.prediction == "v" and w * h < 768 * 768:
+        out.append(f"SD2.x 768-v at {w}x{h}: the model was trained at 768x768; smaller images learn a blurrier LoRA")
+    if config.text_encoder_lr2 is not None and family.name != "sdxl":
+        out.append(f"--text_encoder_lr's second value is for SDXL's second text encoder; {family.label} has one")
+    return out
 
 
 def describe(plan: TrainPlan, estimate=None, markdown: bool = False) -> list[str]:
@@ -202,6 +252,8 @@ def describe(plan: TrainPlan, estimate=None, markdown: bool = False) -> list[str
              + (f"batch sizes {', '.join(map(str, plan.batch_sizes))} (one per dataset)" if plan.batch_sizes else f"batch {plan.batch_size}")
              + (f" x accumulation {acc}" if acc > 1 else "")
              + f" = {plan.steps_per_epoch} steps per epoch; {plan.max_train_steps} steps = {plan.num_epochs} epoch(s)"]
+    if plan.family is not None:
+        lines.append(family_line(plan))
     lines += list(plan.data_lines)
     if plan.validation_steps:
         lines.append(f"validation loss at {len(plan.validation_steps)} point(s) of the run (a validation loss that rises "

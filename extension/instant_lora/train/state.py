@@ -84,6 +84,9 @@ def save_state(folder: Path, *, lora_sd: dict, optimizer, scheduler, scaler, ste
     return folder
 
 
+BEFORE_FAMILIES = {"model_family": "sd1"}  # states written before SD2/SDXL support were SD1.x runs
+
+
 def load_state(folder: Path, match: dict) -> dict:
     import torch
 
@@ -92,11 +95,12 @@ def load_state(folder: Path, match: dict) -> dict:
     if not state_path.is_file() or not info_path.is_file():
         raise InstantLoraError(f"--resume {folder}: not a training state folder (no {STATE_FILE} / {INFO_FILE}).",
                                hint="pass a '<name>-state' folder written by a run with --save_state", path=folder)
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info = {**BEFORE_FAMILIES, **json.loads(info_path.read_text(encoding="utf-8"))}
     diffs = [f"{k}: state has {info.get(k)!r}, this run {v!r}" for k, v in match.items() if info.get(k) != v]
     if diffs:
         raise InstantLoraError(f"--resume {folder}: the state does not fit this run's network ({'; '.join(diffs)}).",
-                               hint="resume with the same network_dim, network_alpha, preset and text-encoder setting", path=folder)
+                               hint="resume with the same base model family, network_dim, network_alpha, preset and "
+                                    "text-encoder setting", path=folder)
     return torch.load(str(state_path), map_location="cpu", weights_only=True)
 
 

@@ -39,12 +39,12 @@ def empty_message(host) -> str:
     folder = Path(host.models_dir).absolute()
     places = host.search_places() if hasattr(host, "search_places") else []
     if not places:
-        return f"No checkpoint found in `{folder}`: put an SD1.x `.safetensors` file there and press Refresh."
+        return f"No checkpoint found in `{folder}`: put an SD1.x, SD2.x or SDXL `.safetensors` file there and press Refresh."
     from ...model_sources import searched_summary
 
     also = searched_summary(places)
     get = f", or press **{download_label()}**" if host.can_download_models else ""
-    return (f"No checkpoint found: put an SD1.x `.safetensors` file into `{folder}` (the folder this app reads) and "
+    return (f"No checkpoint found: put an SD1.x, SD2.x or SDXL `.safetensors` file into `{folder}` (the folder this app reads) and "
             f"press Refresh{get}" + (f" (also searched: {also})." if also else "."))
 
 

@@ -62,7 +62,7 @@ def build(gr, ctx) -> ModelSection:
         with gr.Row():
             checkpoint = gr.Dropdown(choices=view.choices, value=view.value, label="Base model",
                                      elem_id="il_checkpoint", allow_custom_value=True, scale=4,
-                                     info=f"SD1.x checkpoint from {where}; the LoRA works best on the model it was trained on.")
+                                     info=f"SD1.x, SD2.x or SDXL checkpoint from {where} (its family is read from the file); the LoRA works best on the model it was trained on.")
             refresh = gr.Button("Refresh", elem_id="il_refresh_models", scale=1)
         with gr.Row():
             models_message = gr.Markdown(view.message, elem_id="il_models_msg")

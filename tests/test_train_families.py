@@ -160,3 +160,40 @@ def test_a_refiner_is_refused_before_anything_loads(train_set, tmp_path):
         prepare_run(RunRequest(front="cli", values={"train_data_dir": str(train_set), "output_dir": str(tmp_path / "o"),
                                                     "pretrained_model_name_or_path": str(ckpt)}))
     assert "refiner" in str(e.value.problems)
+
+
+def test_sdxl_lora_with_diffusers_style_unet_keys_merges_like_ours():
+    """Other trainers write SDXL UNet keys with diffusers paths (lora_unet_down_blocks_1_...); the
+    loaders accept both, so the Test panel's merge does too, to the same weights."""
+    import re
+
+    from instant_lora.lora.kohya_file import extract_state_dict
+    from instant_lora.lora.layers import inject_lora
+    from instant_lora.lora.targets import unet_targets
+
+    model = build_tiny_sdxl(0)
+    inject_lora(model.unet, unet_targets(model.unet), 4, 4.0, seed=1)
+    for name, p in model.unet.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    ours = extract_state_dict(model.unet)
+    L = 2  # tiny SDXL's layers per block: input_blocks.{1 + 3i + j}, output_blocks.{3i + j}
+
+    def to_diffusers(key):
+        m = re.match(r"lora_unet_input_blocks_(\d+)_1_(.+)", key)
+        if m:
+            n = int(m[1]) - 1
+            return f"lora_unet_down_blocks_{n // (L + 1)}_attentions_{n % (L + 1)}_{m[2]}"
+        m = re.match(r"lora_unet_output_blocks_(\d+)_1_(.+)", key)
+        if m:
+            n = int(m[1])
+            return f"lora_unet_up_blocks_{n // (L + 1)}_attentions_{n % (L + 1)}_{m[2]}"
+        return key.replace("lora_unet_middle_block_1_", "lora_unet_mid_block_attentions_0_")
+
+    theirs = {to_diffusers(k): v for k, v in ours.items()}
+    assert set(theirs) != set(ours)
+    a, b = build_tiny_sdxl(0), build_tiny_sdxl(0)
+    merge_lora(ours, a.unet)
+    merge_lora(theirs, b.unet)
+    for (name, pa), pb in zip(a.unet.named_parameters(), b.unet.parameters()):
+        assert torch.equal(pa, pb), name

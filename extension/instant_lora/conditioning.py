@@ -78,7 +78,7 @@ def encode(model, ids_list: list, clip_skip: int | None = None, nets: list | Non
 
     nets = nets or model.text_encoders
     if not is_sdxl(model):
-        return TextConditioning(encode_windows(nets[0], ids_list[0], clip_skip))
+        return TextConditioning(encode_windows(nets[0], ids_list[0].to(next(nets[0].parameters()).device), clip_skip))
     b, k, length = ids_list[0].shape
     parts, pooled = [], None
     for index, (net, ids, tok) in enumerate(zip(nets, ids_list, model.tokenizers)):

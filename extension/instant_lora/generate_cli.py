@@ -40,8 +40,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
     m = parser.add_argument_group("model and LoRAs")
     m.add_argument("--pretrained_model_name_or_path", required=True, metavar="MODEL",
-                   help="SD1.x checkpoint (.safetensors/.ckpt), diffusers folder, or the name of one `models` lists: the base model the LoRA was trained on")
-    m.add_argument("--model_config_dir", default=None, help="diffusers config folder for a non-SD1.5 single-file checkpoint")
+                   help="SD1.x, SD2.x or SDXL checkpoint (.safetensors/.ckpt), diffusers folder, or the name of one `models` lists: "
+                        "the base model the LoRA was trained on")
+    m.add_argument("--model_config_dir", default=None,
+                   help="diffusers config folder for a single-file checkpoint shaped unlike SD1.5, SD2.1 or SDXL base")
     m.add_argument("--lora_dir", default=None,
                    help="folder of LoRA files the tags name (default: the WebUI's models/Lora when found, else ./output)")
     m.add_argument("--webui_dir", default=None, help="the WebUI folder, to find its models/Lora")
@@ -50,11 +52,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--negative_prompt", default="")
     g.add_argument("--seed", type=int, default=-1, help="-1 = random (the seed used is printed and saved in the PNG)")
     g.add_argument("--steps", type=int, default=20)
-    g.add_argument("--width", type=int, default=512)
-    g.add_argument("--height", type=int, default=512)
+    g.add_argument("--width", type=int, default=None,
+                   help="default: --height, else the model family's size (SD1.x 512, SD2.x v-prediction 768, SDXL 1024)")
+    g.add_argument("--height", type=int, default=None, help="default: --width, else the model family's size")
     g.add_argument("--cfg", "--cfg_scale", dest="cfg", type=float, default=7.0, help="classifier-free guidance scale")
     g.add_argument("--sampler", default="Euler a", help=f"one of: {', '.join(SAMPLERS)}")
-    g.add_argument("--clip_skip", type=int, default=1, help="1 = last text-encoder layer (the WebUI's meaning)")
+    g.add_argument("--clip_skip", type=int, default=1,
+                   help="1 = last text-encoder layer (the WebUI's meaning); SDXL always uses its encoders' penultimate layers")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="UNet/text-encoder precision; auto = fp16 on CUDA, fp32 on CPU (the VAE always runs fp32)")
@@ -121,8 +125,10 @@ def _generate(args) -> Path:
     from .sample.settings import GenerationSettings
     from .sample.tags import parse_prompt
 
+    # Without a size the family's is used (known once the model is loaded); 512 stands in for the checks.
     settings = GenerationSettings(negative_prompt=args.negative_prompt, steps=args.steps, cfg_scale=args.cfg,
-                                  sampler=args.sampler, width=args.width, height=args.height, clip_skip=args.clip_skip).checked()
+                                  sampler=args.sampler, width=args.width or args.height or 512,
+                                  height=args.height or args.width or 512, clip_skip=args.clip_skip).checked()
     tags = parse_prompt(args.prompt).loras  # prompt errors before the model loads
     if args.save_preview and (args.grid or len(tags) != 1):
         raise InstantLoraError("--save_preview needs a single image of exactly one <lora:...> tag (not --grid).",
@@ -139,6 +145,12 @@ def _generate(args) -> Path:
     device, dtype = pick_device(args.device, args.precision)
     print(f"loading {args.pretrained_model_name_or_path} ({device}, {str(dtype).replace('torch.', '')}) ...", file=sys.stderr)
     model = place_model(load_sd_model(args.pretrained_model_name_or_path, config_dir=args.model_config_dir), device, dtype)
+    if args.width is None and args.height is None:
+        from dataclasses import replace
+
+        size = model.family.default_resolution
+        settings = replace(settings, width=size, height=size)
+    print(f"{model.family.label}, {settings.width}x{settings.height}", file=sys.stderr)
     renderer = DiffusersRenderer(model, library=library)
     print(f"seed {seed}", file=sys.stderr)
     if args.grid:

@@ -2,7 +2,9 @@
 
 Builds a tiny random SD model and two images, trains a few steps, saves the kohya file, loads it
 back the way the WebUI does (W += up @ down * alpha / rank) and checks that the output changed
-and matches the trained model. Prints PASS or FAIL with the reason.
+and matches the trained model. Then, for tiny SD2.x (v-prediction) and SDXL models, generates an
+image, merges a LoRA into it (SDXL: both text encoders) and takes it out exactly. Prints PASS or
+FAIL with the reason.
 """
 
 from __future__ import annotations
@@ -32,6 +34,48 @@ def _unet_output(model, prompt: str):
     with torch.no_grad():
         hidden = encode_text(model.text_encoder.float(), tokenize(model.tokenizer, [prompt]))
         return model.unet.float()(x, torch.tensor([500]), hidden).sample
+
+
+def _family_checks(checks: list) -> None:
+    """SD2.x v-prediction and SDXL: an image from the generation loop; a LoRA (random, nonzero)
+    merged the way the WebUI loads it gives the image of the live LoRA layers, and goes out exactly."""
+    import torch
+
+    from .lora.kohya_file import extract_state_dict
+    from .lora.layers import inject_lora, lora_layers
+    from .lora.targets import text_encoder_targets, unet_targets
+    from .sample.apply import LoraMerger
+    from .sample.generate import generate_tensor, place_model
+    from .sample.settings import GenerationSettings
+    from .tiny import build_tiny_sd2, build_tiny_sdxl
+
+    settings = GenerationSettings(steps=2, width=64, height=64, cfg_scale=5.0, sampler="DDIM").checked()
+    prompt = "selftest, red circle"
+    for label, build in (("SD2.x v-prediction", build_tiny_sd2), ("SDXL", build_tiny_sdxl)):
+        trained = build(0)
+        gen = torch.Generator().manual_seed(1)
+        for i, net in enumerate([trained.unet, *trained.text_encoders]):
+            names = unet_targets(net) if i == 0 else text_encoder_targets(net)
+            inject_lora(net, names, rank=4, alpha=2.0, seed=1, seed_salt=str(i))
+            with torch.no_grad():
+                for _, layer in lora_layers(net):
+                    up = layer.lora_B["default"].weight
+                    up.copy_(torch.randn(up.shape, generator=gen) * 0.3)
+        encoders = trained.text_encoders if len(trained.text_encoders) > 1 else trained.text_encoder
+        sd = extract_state_dict(trained.unet, encoders)
+        live = generate_tensor(place_model(trained), prompt, 0, settings)
+        model = place_model(build(0))
+        base = generate_tensor(model, prompt, 0, settings)
+        merger = LoraMerger(model.unet, model.text_encoders if len(model.text_encoders) > 1 else model.text_encoder)
+        merger.apply(sd, 1.0, source=label)
+        merged = generate_tensor(model, prompt, 0, settings)
+        merger.restore()
+        again = generate_tensor(model, prompt, 0, settings)
+        checks.append((f"{label}: generates an image", bool(torch.isfinite(base).all()) and tuple(base.shape) == (64, 64, 3)))
+        changed = float((merged - base).abs().max()) > 1e-2
+        checks.append((f"{label}: a merged LoRA changes it as its live layers do",
+                       changed and bool(torch.allclose(merged, live, atol=1e-2))))
+        checks.append((f"{label}: taking the LoRA out gives the base image back", bool(torch.equal(base, again))))
 
 
 def run_selftest(verbose: bool = True) -> bool:
@@ -75,6 +119,7 @@ def run_selftest(verbose: bool = True) -> bool:
             changed = float((merged - base).abs().max()) > 1e-4 * float(base.abs().max())
             checks.append(("the loaded LoRA changes the output", changed))
             checks.append(("the loaded LoRA reproduces the trained model", bool(torch.allclose(merged, trained, atol=1e-4, rtol=1e-3))))
+        _family_checks(checks)
     except Exception:
         traceback.print_exc()
         checks.append(("no exception", False))

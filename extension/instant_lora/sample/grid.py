@@ -220,9 +220,28 @@ def build_grid(render, prompt: str, rows: list[GridRow], weights=DEFAULT_WEIGHTS
                       done, row_labels, col_labels)
 
 
+def sd_version_of(lora_path: Path | str) -> str:
+    """The WebUI card's "sd version" (its filter value) for a LoRA file, read from its metadata as
+    the WebUI's Lora extension reads it: `ss_base_model_version` "sdxl_..." = SDXL, `ss_v2` "True"
+    (or a "sd_v2..." version) = SD2, else SD1."""
+    from .lora_files import read_metadata
+
+    try:
+        metadata = read_metadata(Path(lora_path))
+    except InstantLoraError:
+        return "SD1"
+    version = str(metadata.get("ss_base_model_version", ""))
+    if version.startswith("sdxl_"):
+        return "SDXL"
+    if str(metadata.get("ss_v2", "")) == "True" or version.startswith("sd_v2"):
+        return "SD2"
+    return "SD1"
+
+
 def set_preview(lora_path: Path | str, image, weight: float, infotext: str | None = None) -> tuple[Path, Path]:
     """`<stem>.preview.png` beside the LoRA (the WebUI card's thumbnail) and `preferred weight` in
-    `<stem>.json` (other keys kept: trigger words, notes). Returns (preview, sidecar)."""
+    `<stem>.json` (other keys kept: trigger words, notes; a new sidecar gets the file's "sd
+    version"). Returns (preview, sidecar)."""
     from ..lora.kohya_file import atomic_write_bytes
 
     lora_path = Path(lora_path)
@@ -233,7 +252,8 @@ def set_preview(lora_path: Path | str, image, weight: float, infotext: str | Non
                                hint="pick a cell with a weight above 0")
     preview = lora_path.with_name(lora_path.stem + ".preview.png")
     sidecar = lora_path.with_suffix(".json")
-    data = {"description": "", "sd version": "SD1", "activation text": "", "preferred weight": 0.0, "notes": ""}
+    data = {"description": "", "sd version": sd_version_of(lora_path), "activation text": "", "preferred weight": 0.0,
+            "notes": ""}
     if sidecar.is_file():
         try:
             data = json.loads(sidecar.read_text(encoding="utf-8"))

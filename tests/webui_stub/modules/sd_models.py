@@ -1,13 +1,19 @@
 """modules.sd_models: the checkpoint list, the loaded model and moving it between devices.
 
 A1111 1.10: unload_model_weights() = send_model_to_cpu (the weights stay in RAM) and
-send_model_to_device() brings them back. Forge (with forge/ on sys.path): send_model_to_cpu /
+send_model_to_device() brings them back. A loaded model carries `is_sdxl` / `is_sd2` / `is_sd1` as
+load_model_weights sets them: SDXL when the model has a `conditioner` (its config, guessed from the
+checkpoint's tensor names, is sd_xl_base: `conditioner.embedders.1.model.ln_final.weight`), SD2
+when its cond_stage_model has a `model` (OpenCLIP: `cond_stage_model.model.*`), SD1 otherwise; the
+stand-in reads the names from a .safetensors header (any other file is SD1). Forge (with forge/ on sys.path): send_model_to_cpu /
 send_model_to_device do nothing and unload_model_weights() asks backend.memory_management.
 """
 
 import importlib.util
+import json
 import os
 import re
+import struct
 
 from modules import paths, record, shared
 
@@ -88,6 +94,19 @@ def select_checkpoint():
     return next(iter(checkpoints_list.values()))
 
 
+def _tensor_names(filename) -> set:
+    """The tensor names in a .safetensors header (8-byte length, then JSON); none for other files."""
+    try:
+        with open(filename, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if not 2 <= length <= 100_000_000:
+                return set()
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, struct.error):
+        return set()
+    return {k for k in header if k != "__metadata__"} if isinstance(header, dict) else set()
+
+
 class FakeSdModel:
     """What the extension may look at on the loaded model; `.to()` records the move."""
 
@@ -95,7 +114,14 @@ class FakeSdModel:
         self.sd_checkpoint_info = info
         self.sd_model_checkpoint = info.filename
         self.sd_model_hash = info.shorthash
-        self.is_sd1, self.is_sd2, self.is_sdxl = True, False, False
+        names = _tensor_names(info.filename)
+        # load_model_weights: is_sdxl = hasattr(model, 'conditioner'), is_sd2 = the cond_stage_model has a `model`
+        self.is_sdxl = any(n.startswith("conditioner.embedders.") for n in names)
+        self.is_sd2 = not self.is_sdxl and any(n.startswith("cond_stage_model.model.") for n in names)
+        self.is_sd1 = not self.is_sdxl and not self.is_sd2
+        self.is_ssd = self.is_sdxl and "model.diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_q.weight" not in names
+        if self.is_sdxl:
+            self.conditioner = object()  # sgm's GeneralConditioner: what makes the model SDXL to the WebUI
         self.lowvram = False
         self.device = shared.device
 

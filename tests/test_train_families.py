@@ -197,3 +197,19 @@ def test_sdxl_lora_with_diffusers_style_unet_keys_merges_like_ours():
     merge_lora(theirs, b.unet)
     for (name, pa), pb in zip(a.unet.named_parameters(), b.unet.parameters()):
         assert torch.equal(pa, pb), name
+
+
+def test_the_test_panel_size_follows_the_checkpoint_family(tmp_path):
+    from instant_lora.host.standalone import StandaloneHost
+    from instant_lora.ui.handlers.models import native_size
+
+    models = tmp_path / "models"
+    models.mkdir()
+    _header_only_checkpoint(models / "xl.safetensors", SDXL_KEYS)
+    (models / "broken.safetensors").write_bytes(b"")
+    host = StandaloneHost(models_dir=models, lora_dir=tmp_path / "loras", data_dir=tmp_path / "data")
+    labels = host.list_checkpoints()
+    xl = next(label for label in labels if "xl" in label)
+    broken = next(label for label in labels if "broken" in label)
+    assert native_size(host, xl) == 1024
+    assert native_size(host, broken) is None and native_size(host, None) is None

@@ -73,7 +73,9 @@ def cmd_train(argv: list[str]) -> int:
         result = run_prepared(prepared, sinks=[ConsoleSink()], control=control)
     finally:
         signal.signal(signal.SIGINT, previous)
-    if result.path:
+    from .train import distributed
+
+    if result.path and distributed.is_main():  # one line for the whole multi-process run
         print(result.path)
     return EXIT_CANCELLED if result.cancelled else 0
 

@@ -104,6 +104,7 @@ class TrainConfig:
     full_fp16: bool = opt(False, "Not supported (LoRA weights always train in fp32); accepted with a warning.", group="memory")
     full_bf16: bool = opt(False, "Not supported (LoRA weights always train in fp32); accepted with a warning.", group="memory")
     no_half_vae: bool = opt(False, "Accepted for compatibility: the VAE always encodes in fp32 here (SDXL's VAE overflows in fp16).", group="memory")
+    ddp_timeout: Optional[int] = opt(None, "Minutes a process waits for the others (several GPUs) before the run stops with an error; default: torch's 30.", group="memory")
     cache_text_encoder_outputs: bool = opt(False, "Accepted for compatibility: a frozen text encoder's outputs are always cached (captions that change every step are encoded each step).", group="memory")
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: much less VRAM, ~25% slower.", group="memory")
     sdpa: bool = opt(False, "Use PyTorch scaled-dot-product attention (the default in diffusers on torch 2).", group="memory")

@@ -30,7 +30,7 @@ LIMITS = {
     "min_snr_gamma": (0.0, 1000.0),
     "noise_offset": (0.0, 1.0),
     "seed": (0, 2**32 - 1),  # the WebUI's seed range; -1 (random) is read as "not set"
-    "clip_skip": (1, 12),
+    "clip_skip": (1, 12), "ddp_timeout": (1, 10080),
     "save_every_n_epochs": (1, 1_000_000),
     "save_every_n_steps": (1, 10_000_000),
     "sample_every_n_steps": (1, 10_000_000),

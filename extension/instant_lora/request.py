@@ -339,13 +339,19 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
         from .output_paths import check_writable
 
         check_writable(output_dir)
+    from .train import distributed
+
+    processes = distributed.world_size()  # launched by torchrun / accelerate launch: one per GPU
     seed = config.seed if config.seed is not None else random.randint(0, 2**31 - 1)
+    if processes > 1:  # every process must draw the same data order, noise and validation split
+        distributed.init(config.ddp_timeout, cuda=detect_cuda() if cuda is None else cuda)
+        seed = distributed.agree(seed)
     data = training_data(config, seed=seed, parts=parts)
     data.warnings[:0] = list(getattr(specs, "warnings", ()))  # what the dataset TOML asked for that is not done
     name = config.output_name or "last"
     run_name = f"{config.log_prefix or ''}{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     family = model_family_of({"pretrained_model_name_or_path": config.pretrained_model_name_or_path}, request, [])
-    plan = make_plan(config, cuda=detect_cuda() if cuda is None else cuda, data=data, family=family,
+    plan = make_plan(config, cuda=detect_cuda() if cuda is None else cuda, data=data, family=family, processes=processes,
                      explicit=request.explicit, seed=seed, reference_warnings=request.front == "cli",
                      output_dir=str(output_dir), logging_dir=config.logging_dir or str(Path(output_dir) / "logs"),
                      run_name=run_name, sample_prompts=prompts)

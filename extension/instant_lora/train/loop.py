@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InstantLoraError
+from . import distributed
 from .events import Cancelled, Emitter, Failed, Finished, RunStopped, Sample, Status, Step, TrainControl, Validation, Warn
 
 NAN_PATIENCE = 5  # consecutive non-finite losses before the run stops (fp16 overflow, bad data)
@@ -37,7 +38,9 @@ class Run:
         self.config, self.plan, self.scan = prepared.config, prepared.plan, prepared.scan
         self.data = prepared.data
         self.model = model
-        self.emit = Emitter(list(sinks))
+        self.processes = getattr(self.plan, "processes", 1)
+        # One log, one progress, one set of files: the other processes train and stay silent.
+        self.emit = Emitter(list(sinks) if distributed.is_main() else [])
         self.control = control or TrainControl()
         self.saved: list[Path] = []
         self.stage = "dataset"
@@ -59,6 +62,11 @@ class Run:
         from .plan import describe
 
         cfg, plan = self.config, self.plan
+        if not distributed.is_main():
+            if cfg.auto_caption and any(i.caption_source != "file" for i in self.scan.items):
+                distributed.barrier()  # the main process writes the captions
+                self._rescan(plan)
+            return
         self._open_logs()
         removed = clean_leftovers(self.output_dir, self.output_name)
         if removed:
@@ -69,6 +77,7 @@ class Run:
         if cfg.auto_caption and any(i.caption_source != "file" for i in self.scan.items):
             self.enter("captioning")
             self._auto_caption()
+            distributed.barrier()
             self._rescan(plan)
         for note in self.scan.notes:
             self.emit(Status(note))
@@ -139,6 +148,7 @@ class Run:
 
         cfg, plan = self.config, self.plan
         self._reset_accelerate()
+        distributed.init(cfg.ddp_timeout, cuda=plan.device == "cuda")  # the launcher's process group, if any
         self.accelerator = Accelerator(mixed_precision=plan.precision, cpu=plan.device == "cpu")
         self.device = self.accelerator.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(plan.precision, torch.float32)
@@ -242,9 +252,12 @@ class Run:
             flipped = sum(s.flip_aug for s in samples)
             self.emit(Status(f"caching latents of {len(samples)} images in {len(data.bucket_rows())} bucket(s) "
                              f"(VAE runs once per image{', twice for the mirrored copy' if flipped else ''})..."))
-            self.latents = cache.encode_images(m.vae, samples, device=self.device, to_disk=cfg.cache_latents_to_disk,
-                                               progress=lambda done, total: self.control.check("caching"),
-                                               family="sdxl" if m.family.name == "sdxl" else "sd")
+            # each process encodes its share of the images, then all hold all of them
+            mine = distributed.share(samples)
+            latents = cache.encode_images(m.vae, mine, device=self.device, to_disk=cfg.cache_latents_to_disk,
+                                          progress=lambda done, total: self.control.check("caching"),
+                                          family="sdxl" if m.family.name == "sdxl" else "sd")
+            self.latents = distributed.gather_dicts(latents)
             m.vae.to("cpu")  # not needed again this run (held-out images are cached too): free its VRAM
         fixed = [s.rules.fixed(s.caption) for s in samples]
         cut = count_cut(m.tokenizer, fixed, self.max_windows)  # SDXL's two tokenizers cut alike  # per image, as the user counts them
@@ -282,6 +295,14 @@ class Run:
                                    num_cycles=cfg.lr_scheduler_num_cycles, power=cfg.lr_scheduler_power)
         m = self.model
         encoders = m.text_encoders if self.te_params else []
+        if self.processes > 1:
+            # No DDP wrapper (see train/distributed.py): accelerate's mixed-precision forward only,
+            # gradients summed by hand; one scheduler step per optimizer step, as with one process.
+            acc = self.accelerator
+            self.unet_fwd = acc.prepare_model(m.unet, evaluation_mode=True)
+            self.te_fwd = [acc.prepare_model(te, evaluation_mode=True) for te in encoders] or None
+            self.optimizer, self.scheduler = acc.prepare(optimizer), scheduler
+            return
         prepared = self.accelerator.prepare(m.unet, *encoders, optimizer, scheduler)
         self.unet_fwd = prepared[0]
         self.te_fwd = list(prepared[1:1 + len(encoders)]) or None  # one per text encoder, when trained
@@ -310,17 +331,22 @@ class Run:
     def _validate(self, step: int, epoch: int, losses: list) -> None:
         from .objective import validation_loss
 
+        if not distributed.is_main():
+            distributed.barrier()  # the main process measures it
+            return
         recent = [x for x in losses[-50:] if x == x]
         loss = validation_loss(self)
         self.emit(Validation(step=step, epoch=epoch, loss=loss, images=len(self.data.validation),
                              train_avg_loss=sum(recent) / len(recent) if recent else None))
+        distributed.barrier()
 
     def run(self) -> TrainResult:
         import torch
 
         cfg, plan, data = self.config, self.plan, self.data
         self.start_step = step = self._maybe_resume()
-        gas = plan.accumulation
+        gas, procs, me = plan.accumulation, self.processes, distributed.rank()
+        per_step = gas * procs  # micro-batches per optimizer step, over all processes
         params = self.unet_params + self.te_params
         losses, bad_streak, cancelled = [], 0, False
         from .metadata import run_clock
@@ -337,21 +363,30 @@ class Run:
         while step < plan.max_train_steps and not cancelled:
             self.epoch = epoch = step // plan.steps_per_epoch
             batches = data.epoch_batches(plan.seed, epoch)
-            first = (step - epoch * plan.steps_per_epoch) * gas
-            for b in range(first, len(batches), gas):
-                group = batches[b:b + gas]
+            first = (step - epoch * plan.steps_per_epoch) * per_step
+            for b in range(first, len(batches), per_step):
+                group = batches[b:b + per_step]
                 step_loss = 0.0
                 for j, idx in enumerate(group):
+                    if j % procs != me:  # another process's micro-batch (the same index = the same noise)
+                        continue
                     micro = (epoch * plan.batches_per_epoch) + b + j
                     loss = self._batch_loss([data.samples[i] for i in idx], micro)
                     self.accelerator.backward(loss / len(group))
                     step_loss += float(loss.detach()) / len(group)
+                if procs > 1:
+                    distributed.sum_gradients(params)
+                    step_loss = distributed.sum_value(step_loss)
                 if cfg.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
-                self.scheduler.step()
+                if not getattr(self.optimizer, "step_was_skipped", False):  # fp16: an overflowing step is skipped
+                    self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step = step = step + 1
+                if procs > 1 and not distributed.weights_in_sync(params):
+                    raise InstantLoraError(f"the processes' LoRA weights differ after step {step}: a rank drifted",
+                                           hint="report this as a bug, with the command line; train with one process meanwhile")
                 bad_streak = bad_streak + 1 if not torch.isfinite(torch.tensor(step_loss)) else 0
                 if bad_streak >= NAN_PATIENCE:
                     raise InstantLoraError(f"the loss was NaN/inf for {NAN_PATIENCE} steps in a row (step {step}); stopped without saving broken weights.",
@@ -369,11 +404,13 @@ class Run:
                     self.save(planned.stem, step, planned.epoch, planned.kind)
                 if plan.samples_at(step):
                     self._sample(step)
-                if self.control.stop_requested:
+                if distributed.any_rank(self.control.stop_requested):  # every process stops after this same step
                     cancelled = True
                     break
         if cancelled:
             return self._finish_cancelled(losses)
+        if procs > 1:
+            self.emit(Status(f"{procs} processes held identical LoRA weights after each of the {step - self.start_step} steps"))
         if plan.samples_at(plan.max_train_steps):
             self._sample(step)  # the final LoRA's look
         final = plan.saves[-1]
@@ -394,6 +431,7 @@ class Run:
         from .sampling import render_samples, sampler_name
 
         if not self.accelerator.is_main_process:
+            distributed.barrier()  # no process may run ahead into the next step while samples render
             return
         cfg, plan = self.config, self.plan
         autocast = getattr(self.accelerator, "autocast", None)  # frozen fp16 weights + fp32 LoRA, as in training
@@ -403,6 +441,7 @@ class Run:
                                       folder=self.logging_dir / "samples", stem=f"{self.output_name}_step{step:08d}")
         for prompt, path in rendered:
             self.emit(Sample(step=step, caption=prompt, path=str(path)))
+        distributed.barrier()
 
     # ---- saving and resuming -------------------------------------------------------------
     def _maybe_resume(self) -> int:
@@ -411,6 +450,15 @@ class Run:
         return maybe_resume(self)
 
     def save(self, stem: str, step: int, epoch: int, kind: str, finished: bool = False) -> Path:
+        if not distributed.is_main():  # the main process writes; the others wait until it has
+            distributed.barrier()
+            return self.output_dir / f"{stem}.safetensors"
+        try:
+            return self._save_main(stem, step, epoch, kind, finished)
+        finally:
+            distributed.barrier()
+
+    def _save_main(self, stem: str, step: int, epoch: int, kind: str, finished: bool) -> Path:
         from ..output_paths import remove_stale_state
         from .saving import save
 
@@ -463,7 +511,8 @@ def run_prepared(prepared, *, model=None, sinks=(), control: TrainControl | None
 
     run = Run(prepared, model=model, sinks=sinks, control=control)
     try:
-        with claim_output(run.output_dir, run.output_name):
+        # the main process holds the output's lock for all of them
+        with claim_output(run.output_dir, run.output_name) if distributed.is_main() else contextlib.nullcontext():
             run.prepare()
             run.enter("loading")
             import_sd_libraries()

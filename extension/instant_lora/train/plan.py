@@ -56,6 +56,12 @@ class TrainPlan:
     batch_sizes: tuple = ()  # per dataset of a dataset TOML, when they differ
     family: object = None  # model_family.ModelFamily read from the checkpoint; None = told when it loads
     text_encoder_lr2: float | None = None  # SDXL's second text encoder; None = text_encoder_lr
+    processes: int = 1  # data-parallel processes (GPUs); each takes its share of every step's micro-batches
+
+    @property
+    def total_batch_size(self) -> int:
+        """Samples per optimizer step over all processes (the reference's ss_total_batch_size)."""
+        return self.batch_size * self.accumulation * self.processes
 
     @property
     def text_encoder_lrs(self) -> tuple:
@@ -131,7 +137,7 @@ def validation_schedule(max_steps: int, steps_per_epoch: int, every_steps: int |
 def make_plan(config, num_images: int = 0, num_train_images: int = 0, *, cuda: bool, explicit: frozenset | set = frozenset(),
               seed: int | None = None, reference_warnings: bool = True, output_dir: str | None = None,
               logging_dir: str | None = None, run_name: str = "", sample_prompts: tuple = (), data=None,
-              family=None) -> TrainPlan:
+              family=None, processes: int = 1) -> TrainPlan:
     """`data` (train.data.TrainingData) gives the image counts and the batches per epoch (its
     buckets never mix, so a bucket's last batch may be short); without it one square size.
     `family` (model_family.ModelFamily) as read from the checkpoint, when it could be."""
@@ -149,7 +155,7 @@ def make_plan(config, num_images: int = 0, num_train_images: int = 0, *, cuda: b
         warnings += data.warnings
     else:
         batches = max(1, math.ceil(num_train_images / bs))
-    steps_per_epoch = max(1, math.ceil(batches / config.gradient_accumulation_steps))
+    steps_per_epoch = max(1, math.ceil(batches / (config.gradient_accumulation_steps * processes)))
     if config.max_train_epochs:
         max_steps = config.max_train_epochs * steps_per_epoch
     else:
@@ -202,7 +208,7 @@ def make_plan(config, num_images: int = 0, num_train_images: int = 0, *, cuda: b
         data_lines=tuple(data.lines()) if data is not None else (),
         reg_per_epoch=data.reg_per_epoch if data is not None else 0,
         batch_sizes=tuple(data.batch_sizes) if data is not None and len(set(data.batch_sizes)) > 1 else (),
-        family=family, text_encoder_lr2=config.text_encoder_lr2,
+        family=family, text_encoder_lr2=config.text_encoder_lr2, processes=processes,
         validation_steps=validation_schedule(max_steps, steps_per_epoch, config.validate_every_n_steps,
                                              config.validate_every_n_epochs) if data is not None and data.validation else (),
     )
@@ -251,6 +257,7 @@ def describe(plan: TrainPlan, estimate=None, markdown: bool = False) -> list[str
     lines = [f"{plan.num_images} images x repeats{reg} = {plan.num_train_images} per epoch / "
              + (f"batch sizes {', '.join(map(str, plan.batch_sizes))} (one per dataset)" if plan.batch_sizes else f"batch {plan.batch_size}")
              + (f" x accumulation {acc}" if acc > 1 else "")
+             + (f" x {plan.processes} processes (a global batch of {plan.total_batch_size})" if plan.processes > 1 else "")
              + f" = {plan.steps_per_epoch} steps per epoch; {plan.max_train_steps} steps = {plan.num_epochs} epoch(s)"]
     if plan.family is not None:
         lines.append(family_line(plan))

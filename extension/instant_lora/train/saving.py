@@ -10,7 +10,8 @@ from .metadata import WEBUI_VERSION, run_clock
 
 def state_match(run) -> dict:
     return {"network_dim": run.plan.rank, "network_alpha": run.plan.alpha, "preset": run.config.preset,
-            "train_text_encoder": run.plan.train_text_encoder, "model_family": run.model.family.name}
+            "train_text_encoder": run.plan.train_text_encoder, "model_family": run.model.family.name,
+            "num_processes": run.plan.processes}
 
 def maybe_resume(run) -> int:
     if not run.config.resume:

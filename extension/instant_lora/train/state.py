@@ -84,7 +84,7 @@ def save_state(folder: Path, *, lora_sd: dict, optimizer, scheduler, scaler, ste
     return folder
 
 
-BEFORE_FAMILIES = {"model_family": "sd1"}  # states written before SD2/SDXL support were SD1.x runs
+BEFORE_FAMILIES = {"model_family": "sd1", "num_processes": 1}  # states written before these keys: SD1.x, one process
 
 
 def load_state(folder: Path, match: dict) -> dict:
@@ -99,8 +99,8 @@ def load_state(folder: Path, match: dict) -> dict:
     diffs = [f"{k}: state has {info.get(k)!r}, this run {v!r}" for k, v in match.items() if info.get(k) != v]
     if diffs:
         raise InstantLoraError(f"--resume {folder}: the state does not fit this run's network ({'; '.join(diffs)}).",
-                               hint="resume with the same base model family, network_dim, network_alpha, preset and "
-                                    "text-encoder setting", path=folder)
+                               hint="resume with the same base model family, network_dim, network_alpha, preset, "
+                                    "text-encoder setting and number of processes (GPUs)", path=folder)
     return torch.load(str(state_path), map_location="cpu", weights_only=True)
 
 

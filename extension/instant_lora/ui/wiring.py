@@ -283,6 +283,12 @@ def _wire_train(gr, ctx, tr, rs, run):
 
 
 def _wire_test(gr, ctx, md, rs, ts):
+    def test_size(checkpoint, width, height):
+        size = model_handlers.native_size(ctx.host, checkpoint)  # SDXL tests at 1024, SD1 at 512
+        return (width, height) if size is None else (size, size)
+
+    md.checkpoint.change(test_size, [md.checkpoint, ts.width, ts.height], [ts.width, ts.height], show_progress="hidden")
+
     host, job = ctx.host, ctx.job
 
     def open_test(tag):

@@ -200,3 +200,16 @@ def download_news(host, record: dict, current: str | None = None):
         return None
     record["shown"] = task
     return _final(host, task, current)
+
+
+def native_size(host, checkpoint: str | None) -> int | None:
+    """The image size the chosen checkpoint's family was trained at (SD1 512, SD2 768-v 768, SDXL
+    1024), read from its header; None when it cannot be told (no choice yet, unreadable file)."""
+    from ...model_family import detect_family
+
+    if not checkpoint or not host.knows_checkpoint(checkpoint):
+        return None
+    try:
+        return detect_family(host.checkpoint_path(checkpoint)).default_resolution
+    except (InstantLoraError, OSError, ValueError):
+        return None

@@ -1,0 +1,120 @@
+"""Several processes (torchrun, gloo on the CPU) train one LoRA: the same file as one process with
+the same global batch, one set of files and one log line per step, a dead rank ends the run
+instead of hanging it, and a multi-process state resumes in a run with as many processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from browser_support import free_port
+from conftest import make_image
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch(args: list[str], processes: int, **popen):
+    """`python -m torch.distributed.run --nproc_per_node N standalone_app.py train ...` (one plain
+    process for N = 1), as a user launches it."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    head = [sys.executable]
+    if processes > 1:
+        head += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(free_port())]
+    return subprocess.Popen([*head, str(ROOT / "standalone_app.py"), "train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def finish(proc, timeout=300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    """A two-process run (saving its state halfway) and a one-process run with the same global batch."""
+    root = tmp_path_factory.mktemp("ddp")
+    data = root / "data"
+    for i, color in enumerate([(200, 30, 30), (30, 30, 200), (30, 200, 30), (200, 200, 30)]):
+        make_image(data / "2_test" / f"img{i}.png", color, shape="square" if i % 2 else "circle")
+        (data / "2_test" / f"img{i}.txt").write_text(f"test, thing {i}", encoding="utf-8")
+    common = [f"--pretrained_model_name_or_path={tiny_model_dir}", f"--train_data_dir={data}", "--resolution=64,64",
+              "--network_dim=4", "--network_alpha=4", "--learning_rate=1e-3", "--max_train_steps=4", "--seed=1234",
+              "--cache_latents", "--output_name=l"]
+    two = launch([*common, f"--output_dir={root / 'two'}", "--save_every_n_steps=2", "--save_state"], 2)
+    out_two = finish(two)
+    out_one = finish(launch([*common, f"--output_dir={root / 'one'}", "--gradient_accumulation_steps=2"], 1))
+    return {"root": root, "common": common, "two": out_two, "one": out_one}
+
+
+def test_two_processes_train_the_file_one_process_trains(runs):
+    root = runs["root"]
+    one, two = load_file(str(root / "one" / "l.safetensors")), load_file(str(root / "two" / "l.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=2e-5), key
+    assert any(v.abs().max() > 1e-4 for k, v in two.items() if "lora_up" in k)  # it learned something
+    assert "2 processes held identical LoRA weights after each of the 4 steps" in runs["two"]
+
+
+def test_one_set_of_files_and_one_log_line_per_step(runs):
+    folder = runs["root"] / "two"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["l-state", "l-step00000002-state", "l-step00000002.json", "l-step00000002.safetensors", "l.json",
+                     "l.safetensors", "logs"], files
+    logs = list((folder / "logs").glob("*.jsonl"))
+    assert len(logs) == 1
+    events = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
+    assert sum(e["event"] == "finished" for e in events) == 1
+    assert runs["two"].splitlines().count(str(folder / "l.safetensors")) == 1  # the result line, from one process
+    from instant_lora.lora.kohya_file import read_lora_file
+
+    _, md = read_lora_file(folder / "l.safetensors")
+    assert md["ss_num_processes"] == "2" and md["ss_total_batch_size"] == "2"
+    assert "x 2 processes (a global batch of 2)" in runs["two"]
+
+
+def test_a_two_process_state_resumes_in_two_processes_only(runs):
+    root, common = runs["root"], runs["common"]
+    state = root / "two" / "l-step00000002-state"
+    resumed = root / "resumed"
+    finish(launch([*common, f"--output_dir={resumed}", f"--resume={state}"], 2))
+    straight, again = load_file(str(root / "two" / "l.safetensors")), load_file(str(resumed / "l.safetensors"))
+    for key in straight:
+        assert torch.allclose(straight[key], again[key], atol=1e-6), key
+    proc = launch([*common, f"--output_dir={root / 'single'}", f"--resume={state}"], 1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "num_processes: state has 2, this run 1" in out, out[-2000:]
+
+
+def test_a_killed_rank_ends_the_run_without_hanging(runs, tmp_path):
+    import psutil
+
+    common = [a for a in runs["common"] if not a.startswith("--max_train_steps")]
+    proc = launch([*common, f"--output_dir={tmp_path}", "--max_train_steps=100000", "--ddp_timeout=1"], 2)
+    log_dir = tmp_path / "logs"
+    deadline = time.time() + 240
+    while time.time() < deadline and not any('"event": "step"' in p.read_text() for p in log_dir.glob("*.jsonl")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.5)
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.environ().get("RANK") == "1"]
+    assert workers, "rank 1 not found"
+    killed_at = time.time()
+    workers[0].kill()
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the run hung after a rank died")
+    assert proc.returncode != 0 and time.time() - killed_at < 120
+    assert not (tmp_path / "l.safetensors").exists()  # no final file from a broken run

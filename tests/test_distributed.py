@@ -102,11 +102,7 @@ def test_a_killed_rank_ends_the_run_without_hanging(runs, tmp_path):
 
     common = [a for a in runs["common"] if not a.startswith("--max_train_steps")]
     proc = launch([*common, f"--output_dir={tmp_path}", "--max_train_steps=100000", "--ddp_timeout=1"], 2)
-    log_dir = tmp_path / "logs"
-    deadline = time.time() + 240
-    while time.time() < deadline and not any('"event": "step"' in p.read_text() for p in log_dir.glob("*.jsonl")):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.5)
+    _wait_for_steps(proc, tmp_path / "logs")
     workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.environ().get("RANK") == "1"]
     assert workers, "rank 1 not found"
     killed_at = time.time()
@@ -118,3 +114,26 @@ def test_a_killed_rank_ends_the_run_without_hanging(runs, tmp_path):
         pytest.fail("the run hung after a rank died")
     assert proc.returncode != 0 and time.time() - killed_at < 120
     assert not (tmp_path / "l.safetensors").exists()  # no final file from a broken run
+
+
+def _wait_for_steps(proc, log_dir: Path, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not any('"event": "step"' in p.read_text() for p in log_dir.glob("*.jsonl")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.5)
+
+
+def test_ctrl_c_stops_every_process_after_the_same_step_and_saves_once(runs, tmp_path):
+    import signal
+
+    common = [a for a in runs["common"] if not a.startswith("--max_train_steps")]
+    proc = launch([*common, f"--output_dir={tmp_path}", "--max_train_steps=100000"], 2, start_new_session=True)
+    _wait_for_steps(proc, tmp_path / "logs")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group gets it
+    out, _ = proc.communicate(timeout=120)
+    saved = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert len(saved) == 1 and saved[0].startswith("l-step"), (saved, out[-3000:])
+    events = [json.loads(line) for p in (tmp_path / "logs").glob("*.jsonl") for line in p.read_text().splitlines()]
+    cancelled = [e for e in events if e["event"] == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0]["path"].endswith(saved[0])
+    assert out.count("stopping after this step") == 1  # said once, by the main process

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 
 from .errors import InstantLoraError
 
@@ -60,12 +61,20 @@ def cmd_train(argv: list[str]) -> int:
         flags.problems += e.problems
         flags.raise_problems()
     control = TrainControl()
+    first_press: list = []
+    from .train import distributed
 
     def on_sigint(signum, frame):
-        # First Ctrl-C: stop after this step and save what was learned. Second: abort now.
+        # First Ctrl-C: stop after this step and save what was learned. Second: abort now. Under
+        # torchrun a Ctrl-C arrives twice (from the terminal, then forwarded by the launcher): a
+        # second signal within 2 s is the same press.
         if control.stop_requested:
+            if time.monotonic() - first_press[0] < 2.0:
+                return
             raise KeyboardInterrupt
-        print("\nstopping after this step and saving (Ctrl-C again to abort without saving)", file=sys.stderr)
+        first_press.append(time.monotonic())
+        if distributed.is_main():
+            print("\nstopping after this step and saving (Ctrl-C again to abort without saving)", file=sys.stderr)
         control.request_stop()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
@@ -73,8 +82,6 @@ def cmd_train(argv: list[str]) -> int:
         result = run_prepared(prepared, sinks=[ConsoleSink()], control=control)
     finally:
         signal.signal(signal.SIGINT, previous)
-    from .train import distributed
-
     if result.path and distributed.is_main():  # one line for the whole multi-process run
         print(result.path)
     return EXIT_CANCELLED if result.cancelled else 0

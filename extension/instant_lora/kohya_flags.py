@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,10 @@ NOT_FLAGS = {"sample_prompt_text"}  # the app's and REST's prompt text; the comm
 # exists already. The app and REST send the same as RunRequest.overwrite.
 OVERWRITE_HELP = ("Replace an existing <output_name>.safetensors in the WebUI's Lora folder (without it such a run is "
                   "refused). In a folder of your own (--output_dir) a file is replaced with a warning.")
+MULTI_GPU = ("several GPUs: torchrun --nproc_per_node N standalone_app.py train ... (or accelerate launch --num_processes N "
+             "--num_cpu_threads_per_process T standalone_app.py train ...) trains one LoRA on N processes, one per GPU: each "
+             "takes its share of every step's batches, so the global batch is train_batch_size x N x "
+             "gradient_accumulation_steps; only the first process writes files and logs. One GPU needs none of this.")
 EXIT_STATUSES = ("exit status: 0 trained and saved; 2 invalid settings, or a run that failed with a message; "
                  "130 cancelled with Ctrl-C (what was learned up to that step is saved; a second Ctrl-C aborts "
                  "without saving); 1 an unexpected error (a bug: please report it with the traceback).")
@@ -44,7 +49,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(prog: str = "standalone_app.py train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, allow_abbrev=False, argument_default=argparse.SUPPRESS, exit_on_error=False,
                 description="Train an SD1.x, SD2.x or SDXL LoRA. Accepts kohya train_network.py flags with their meaning and defaults.",
-                epilog=escape_help(EXIT_STATUSES))
+                epilog=escape_help("\n\n".join(textwrap.fill(t, 100) for t in (MULTI_GPU, EXIT_STATUSES))),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config_file", help=escape_help("TOML file with the same keys as these flags (flags given here win)."))
     groups = {g: p.add_argument_group(t) for g, t in GROUP_TITLES.items()}
     for name, f in FIELDS.items():

@@ -101,7 +101,7 @@ def test_a_killed_rank_ends_the_run_without_hanging(runs, tmp_path):
     import psutil
 
     common = [a for a in runs["common"] if not a.startswith("--max_train_steps")]
-    proc = launch([*common, f"--output_dir={tmp_path}", "--max_train_steps=100000", "--ddp_timeout=1"], 2)
+    proc = launch([*common, f"--output_dir={tmp_path}", "--max_train_steps=100000", "--ddp_timeout=5"], 2)
     _wait_for_steps(proc, tmp_path / "logs")
     workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.environ().get("RANK") == "1"]
     assert workers, "rank 1 not found"
@@ -137,3 +137,82 @@ def test_ctrl_c_stops_every_process_after_the_same_step_and_saves_once(runs, tmp
     cancelled = [e for e in events if e["event"] == "cancelled"]
     assert len(cancelled) == 1 and cancelled[0]["path"].endswith(saved[0])
     assert out.count("stopping after this step") == 1  # said once, by the main process
+
+
+def _app_run(runs, tmp_path, steps: int):
+    from instant_lora.request import RunRequest, prepare_run
+
+    values = {a[2:].split("=", 1)[0]: a.split("=", 1)[1] for a in runs["common"] if "=" in a}
+    values.update(max_train_steps=steps, output_dir=str(tmp_path / "out"), cache_latents=True, network_dim=4,
+                  network_alpha=4.0, learning_rate=1e-3, seed=1234)
+    return prepare_run(RunRequest(front="cli", values=values))
+
+
+def test_the_app_starts_several_processes_and_shows_one_progress(runs, tmp_path, monkeypatch):
+    """What the app's GPUs field does with two GPUs chosen, on two CPU processes: torchrun under
+    the hood, the main process's log followed as events, the same file as the command line's."""
+    from instant_lora.train import events as ev
+    from instant_lora.train.launch import run_processes
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    seen = []
+    run_processes(_app_run(runs, tmp_path, 4), 2, sinks=[seen.append])
+    assert [e.step for e in seen if isinstance(e, ev.Step)] == [1, 2, 3, 4]
+    assert any(isinstance(e, ev.Status) and "starting 2 training processes" in e.message for e in seen)
+    finished = [e for e in seen if isinstance(e, ev.Finished)]
+    assert len(finished) == 1 and Path(finished[0].path).is_file()
+    two = load_file(str(runs["root"] / "two" / "l.safetensors"))
+    here = load_file(finished[0].path)
+    for key in two:
+        assert torch.allclose(two[key], here[key], atol=1e-6), key  # the command line's two-process file
+
+
+def test_the_app_cancels_a_multi_process_run(runs, tmp_path, monkeypatch):
+    from instant_lora.train import events as ev
+    from instant_lora.train.events import TrainControl
+    from instant_lora.train.launch import run_processes
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    control = TrainControl()
+    seen = []
+
+    def sink(event):
+        seen.append(event)
+        if isinstance(event, ev.Step) and event.step >= 2:
+            control.request_stop()
+
+    run_processes(_app_run(runs, tmp_path, 100000), 2, sinks=[sink], control=control)
+    cancelled = [e for e in seen if isinstance(e, ev.Cancelled)]
+    assert len(cancelled) == 1 and Path(cancelled[0].path).is_file(), seen[-5:]
+    assert len(list((tmp_path / "out").glob("*.safetensors"))) == 1
+
+
+def test_the_gpus_field_plans_and_starts_several_processes(tmp_path, monkeypatch, train_set):
+    """The app's form with two GPUs chosen: the live plan counts two processes and the job starts
+    them through run_processes (which the tests above run on the CPU); one GPU changes nothing."""
+    from instant_lora.host.standalone import StandaloneHost
+    from instant_lora.jobs import TrainingJob
+    from instant_lora.ui.handlers import run as run_handlers
+
+    monkeypatch.setattr(StandaloneHost, "gpu_choices", lambda self: ["0: GPU A (24576 MiB)", "1: GPU B (24576 MiB)"])
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "base.safetensors").write_bytes(b"")
+    host = StandaloneHost(models_dir=tmp_path / "models", lora_dir=tmp_path / "loras", data_dir=tmp_path / "data")
+    started = []
+    monkeypatch.setattr("instant_lora.train.launch.run_processes",
+                        lambda prepared, n, devices=None, sinks=(), control=None: started.append((n, devices)))
+    form = run_handlers.RunForm(dataset_dir=str(train_set), checkpoint=host.list_checkpoints()[0],
+                                fields={"output_name": "two_gpus", "max_train_steps": 4},
+                                gpus=["0: GPU A (24576 MiB)", "1: GPU B (24576 MiB)"])
+    from instant_lora.request import prepare_run, preview_plan
+
+    request = run_handlers.run_request(form, host)
+    assert request.processes == 2
+    plan, _ = preview_plan(request, host, None)
+    prepared = prepare_run(request, host, cuda=True, check_output=False)
+    assert prepared.plan.processes == 2 and prepared.plan.total_batch_size == 2
+    job = TrainingJob()
+    job.start(prepared, host=None, devices=[0, 1])
+    job.wait(30)
+    assert started == [(2, [0, 1])]
+    assert run_handlers.run_request(run_handlers.RunForm(gpus=["0: GPU A (24576 MiB)"]), host).processes == 1

@@ -176,6 +176,22 @@ def run_train(words, ws):
         assert any(k.startswith("lora_unet_input_blocks_") for k in sd)
 
 
+def run_torchrun(words, ws):
+    """Two processes on the CPU (gloo), as the README's command starts them on two GPUs."""
+    n = words[words.index("--nproc_per_node") + 1]
+    args = small(words[words.index("train") + 1:], ws)
+    env = {k: v for k, v in ws.env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", n, "--master_port",
+                        str(free_port()), str(ROOT / "standalone_app.py"), "train", *args], cwd=ws.root, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = next(a.split("=", 1)[1] for a in args if a.startswith("--output_dir="))
+    from instant_lora.lora.kohya_file import read_lora_file
+
+    _, md = read_lora_file(ws.root / out / "my_lora_2gpu.safetensors")
+    assert md["ss_num_processes"] == n
+
+
 def run_caption(words, ws):
     from captioning_fixtures import BANKS, tiny_clip
 
@@ -269,6 +285,7 @@ RUNNERS = [
     (r"python standalone_app\.py models$", run_models),
     (r"python standalone_app\.py download-model \w+$", run_download),
     (r"python standalone_app\.py train ", run_train),
+    (r"torchrun --nproc_per_node \d+ standalone_app\.py train ", run_torchrun),
     (r"python standalone_app\.py caption ", run_caption),
     (r"python standalone_app\.py generate ", run_generate),
     (r"python install\.py", run_install_py),

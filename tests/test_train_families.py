@@ -142,10 +142,13 @@ def test_the_plan_reads_the_family_from_the_checkpoint(train_set, tmp_path):
     assert prepared.plan.family.name == "sdxl"
     assert (prepared.plan.width, prepared.plan.height) == (1024, 1024)  # SDXL's size unless the user sets one
     assert prepared.config.max_bucket_reso == 2048
+    assert prepared.config.network_train_unet_only and not prepared.plan.train_text_encoder  # the reference's SDXL advice
     lines = "\n".join(describe(prepared.plan))
     assert "model: SDXL" in lines and "clip skip does not apply" in lines
     chosen = prepare_run(RunRequest(front="cli", values={**values, "resolution": "768,768", "clip_skip": 2}))
     assert chosen.plan.width == 768 and chosen.config.max_bucket_reso == 1024
+    with_te = prepare_run(RunRequest(front="cli", values={**values, "text_encoder_lr": 1e-5}))
+    assert with_te.plan.train_text_encoder  # a text-encoder rate means training them
     assert any("--clip_skip 2 does not apply to SDXL" in w for w in chosen.plan.warnings)
 
 

@@ -75,6 +75,7 @@ class TrainingJob:
         self._first_step: int | None = None
         self._end_state: str | None = None  # from the run's end event, shown when the worker is done
         self._version = 0
+        self._devices: list[int] | None = None  # several GPUs chosen: the run's processes go there
 
     def snapshot(self) -> JobSnapshot:
         with self._lock:
@@ -87,7 +88,7 @@ class TrainingJob:
         with self._lock:
             return self._snap.version
 
-    def start(self, prepared, *, host=None, model=None, extra_sinks=()) -> None:
+    def start(self, prepared, *, host=None, model=None, extra_sinks=(), devices: list[int] | None = None) -> None:
         """Start a PreparedRun in the background. The host (if any) takes the GPU before the run
         (the WebUI's queue and VRAM hand-off) and gives it back after success, failure and cancel."""
         with self._lock:
@@ -104,6 +105,7 @@ class TrainingJob:
                 self._control.add_source(source)
             self._first_step = None
         sinks = list(extra_sinks) + (host.progress_sinks() if host is not None else [])
+        self._devices = devices
         self._thread = threading.Thread(target=self._work, args=(prepared, host, model, sinks),
                                         name="instant-lora-train", daemon=True)
         self._thread.start()
@@ -181,6 +183,8 @@ class TrainingJob:
 
     def _work(self, prepared, host, model, sinks) -> None:
         from .host import gpu
+        from .train import distributed
+        from .train.launch import run_processes
         from .train.loop import run_prepared
 
         control = self._control
@@ -192,7 +196,11 @@ class TrainingJob:
                         host.before_training(control)
                     self._set_stage("dataset")
                     try:
-                        run_prepared(prepared, model=model, sinks=[self._on_event, *sinks], control=control)
+                        if prepared.plan.processes > 1 and distributed.world_size() == 1:  # several GPUs: their processes
+                            run_processes(prepared, prepared.plan.processes, devices=self._devices,
+                                          sinks=[self._on_event, *sinks], control=control)
+                        else:
+                            run_prepared(prepared, model=model, sinks=[self._on_event, *sinks], control=control)
                     finally:
                         model = None  # the run's models, caches and optimizer are unreferenced now:
                         _release_memory()  # give them back to the system before the host reloads its model

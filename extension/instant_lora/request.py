@@ -66,6 +66,7 @@ class RunRequest:
     overwrite: bool = False  # replace an existing LoRA of that name (app and REST)
     explicit: frozenset = frozenset()  # command line: the flags the user gave (for the reference's warnings)
     find_model: bool = False  # command line: a bare model name is looked up among the checkpoints found (model_sources)
+    processes: int = 1  # the app's GPUs field: the run starts this many processes (train/launch.py)
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,14 @@ def model_family_of(values: dict, request: RunRequest, problems: list):
 
 def _family_defaults(values: dict, chosen: set, family) -> None:
     """What a family trains at unless the preset or the user said otherwise: SDXL at 1024 px with
-    buckets up to 2048 (the reference's SDXL examples), SD2 768-v at 768 px."""
+    buckets up to 2048 and its text encoders frozen (the reference's SDXL examples), SD2 768-v at
+    768 px."""
     if family is None:
         return
+    if family.name == "sdxl" and not chosen & {"network_train_unet_only", "text_encoder_lr", "text_encoder_lr2"}:
+        # The reference's advice for SDXL LoRAs: UNet only, both encoders' outputs cached (less
+        # memory, faster); a text-encoder learning rate or the setting itself says otherwise.
+        values["network_train_unet_only"] = True
     size = family.default_resolution
     if "resolution" not in chosen and size != 512:
         values["resolution"] = f"{size},{size}"
@@ -341,9 +347,10 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
         check_writable(output_dir)
     from .train import distributed
 
-    processes = distributed.world_size()  # launched by torchrun / accelerate launch: one per GPU
+    launched = distributed.world_size()  # started by torchrun / accelerate launch: one process per GPU
+    processes = max(launched, int(request.processes or 1))  # or about to start them (the app's GPUs)
     seed = config.seed if config.seed is not None else random.randint(0, 2**31 - 1)
-    if processes > 1:  # every process must draw the same data order, noise and validation split
+    if launched > 1:  # every process must draw the same data order, noise and validation split
         distributed.init(config.ddp_timeout, cuda=detect_cuda() if cuda is None else cuda)
         seed = distributed.agree(seed)
     data = training_data(config, seed=seed, parts=parts)
@@ -424,5 +431,6 @@ def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[t
                          reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts, family=family)
     else:
         plan = make_plan(config, cuda=detect_cuda(), seed=config.seed, data=data, family=family,
+                         processes=max(1, int(request.processes or 1)),
                          reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts)
     return plan, problems

@@ -16,6 +16,17 @@ class Host:
     data_dir: Path  # uploads, presets, logs, grids
     # whether the UI offers to download a base model into models_dir (the WebUI lists its own)
     can_download_models = False
+    # whether a run may start its own processes on several GPUs (the WebUI's tab trains on the
+    # WebUI's own device, inside its process)
+    can_launch_processes = False
+
+    def gpu_choices(self) -> list[str]:
+        """GPUs a run may be spread over ("index: name (memory)"); [] where the host decides."""
+        if not self.can_launch_processes:
+            return []
+        from ..train.launch import visible_gpus
+
+        return visible_gpus()
 
     # ---- checkpoints
     def list_checkpoints(self) -> list[str]:

@@ -18,6 +18,7 @@ class StandaloneHost(Host):
 
     name = "standalone"
     can_download_models = True
+    can_launch_processes = True
 
     def __init__(self, models_dir: str | Path | None = None, lora_dir: str | Path | None = None,
                  data_dir: str | Path | None = None, webui_dir: str | None = None, *,

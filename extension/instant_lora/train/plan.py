@@ -219,8 +219,10 @@ def family_line(plan: TrainPlan) -> str:
     f = plan.family
     encoders = " + ".join(f.text_encoders)
     if f.name == "sdxl":
-        cond = (f"text: {encoders} (penultimate layers, 2048 features + pooled bigG); size/crop conditioning per "
-                f"image; clip skip does not apply")
+        cond = (f"text: {encoders} (penultimate layers, 2048 features + pooled bigG)"
+                + ("" if plan.train_text_encoder else ", frozen with outputs cached (the reference's advice for SDXL; "
+                   "--text_encoder_lr trains them)")
+                + "; size/crop conditioning per image; clip skip does not apply")
     else:
         cond = f"text: {encoders}" + ("" if f.name == "sd1" else " (its penultimate layer, as SD2 uses it)")
     target = "v-prediction target" if f.prediction == "v" else "noise (epsilon) target"

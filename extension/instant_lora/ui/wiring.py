@@ -73,15 +73,15 @@ class _RunInputs:
     def __init__(self, host, ds, md, tr):
         self.host = host
         self.names = list(md.fields)
-        self.components = [ds.folder, md.checkpoint, md.preset, md.overwrite, tr.sample_text, tr.sample_every,
+        self.components = [ds.folder, md.checkpoint, md.preset, md.overwrite, tr.sample_text, tr.sample_every, tr.gpus,
                            *md.fields.values()]
         self.plan_inputs = [ds.scan, *self.components]
         self.plan = md.plan
 
-    def form(self, folder, checkpoint, preset, overwrite, sample_text, sample_every, *values) -> run_handlers.RunForm:
+    def form(self, folder, checkpoint, preset, overwrite, sample_text, sample_every, gpus, *values) -> run_handlers.RunForm:
         return run_handlers.RunForm(fields=dict(zip(self.names, values)), dataset_dir=folder or "", checkpoint=checkpoint,
                                     preset=preset, overwrite=bool(overwrite), sample_text=sample_text or "",
-                                    sample_every=sample_every)
+                                    sample_every=sample_every, gpus=list(gpus or []))
 
     def update_plan(self, scan, *values):
         return run_handlers.live_plan(self.host, self.form(*values), scan)
@@ -93,7 +93,7 @@ class _RunInputs:
 def _wire_model(gr, ctx, md, tr, run):
     host = ctx.host
     _wire_base_models(gr, ctx, md)  # first: its page-load refresh is quick, the plan's may wait for a model skeleton
-    for component in [md.checkpoint, *md.fields.values(), tr.sample_text, tr.sample_every]:
+    for component in [md.checkpoint, *md.fields.values(), tr.sample_text, tr.sample_every, tr.gpus]:
         component.change(run.update_plan, run.plan_inputs, [md.plan], **quiet(gr))
     ctx.demo.load(run.update_plan, run.plan_inputs, [md.plan], show_progress="hidden")
 

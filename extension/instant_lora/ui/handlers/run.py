@@ -32,6 +32,7 @@ class RunForm:
     overwrite: bool = False
     sample_text: str = ""
     sample_every: float | int | None = 0
+    gpus: list = field(default_factory=list)  # labels of host.gpu_choices(); several = one process each
 
 
 def presets_dir(host) -> Path:
@@ -75,7 +76,7 @@ def run_request(form: RunForm, host) -> RunRequest:
         values["train_data_dir"] = folder
     values.update(_sample_values(form, host))
     return RunRequest(front="app", values=values, preset=form.preset or None, checkpoint=form.checkpoint or None,
-                      overwrite=bool(form.overwrite))
+                      overwrite=bool(form.overwrite), processes=max(1, len(form.gpus)))
 
 
 NOT_STARTED = "Training did not start"
@@ -102,7 +103,8 @@ def start_training(job, host, form: RunForm) -> str:
     try:
         prepared = prepare_run(run_request(form, host), host)
         busy = _gpu_owner()
-        job.start(prepared, host=host)
+        devices = _devices(form, host)
+        job.start(prepared, host=host, **({"devices": devices} if devices else {}))
     except InstantLoraError as e:
         return not_started(e)
     except Exception as e:  # a bug: named here, with its traceback in the console
@@ -114,6 +116,19 @@ def start_training(job, host, form: RunForm) -> str:
             f"{len(plan.saves)} file(s) to `{plan.output_dir}`"
             + (f"; {estimate.short()}" if estimate else "") + "."
             + (f" It waits for the GPU first: {busy} is using it." if busy else ""))
+
+
+def _devices(form: RunForm, host) -> list[int] | None:
+    """CUDA indices of the GPUs chosen, when several (one process each); None: this process."""
+    if len(form.gpus) < 2:
+        return None
+    from ...train.launch import gpu_index
+
+    known = set(host.gpu_choices())
+    unknown = [g for g in form.gpus if g not in known]
+    if unknown:
+        raise InstantLoraError(f"GPU '{unknown[0]}' is not one of this machine's", hint="pick GPUs from the list")
+    return [gpu_index(g) for g in form.gpus]
 
 
 def _gpu_owner() -> str | None:
@@ -201,52 +216,90 @@ def parameters_line(form: RunForm, host) -> str:
         return ""
     if not (1 <= rank <= 1024) or preset not in ("default", "attn-only") or alpha <= 0:
         return ""  # the problems say why
+    family = checkpoint_family(form, host)
     try:
-        trainable, base = lora_parameter_count(rank, preset, not config.network_train_unet_only)
+        trainable, base = lora_parameter_count(rank, preset, not config.network_train_unet_only, family)
     except Exception as e:  # diffusers missing or broken: the rest of the plan still shows
         return f"trainable parameters: unknown ({error_message(e)})"
-    return (f"trainable: **{trainable / 1e6:.2f} M** parameters = {100 * trainable / base:.2f}% of SD1.5's "
-            f"{base / 1e6:.0f} M (UNet + text encoder); LoRA scale alpha/rank = {alpha / rank:.3g}")
+    encoders = "UNet + 2 text encoders" if family == "sdxl" else "UNet + text encoder"
+    return (f"trainable: **{trainable / 1e6:.2f} M** parameters = {100 * trainable / base:.2f}% of {FAMILY_BASE[family]}'s "
+            f"{base / 1e6:.0f} M ({encoders}); LoRA scale alpha/rank = {alpha / rank:.3g}")
+
+
+FAMILY_BASE = {"sd1": "SD1.5", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+
+def checkpoint_family(form: RunForm, host) -> str:
+    """The chosen checkpoint's family ("sd1" | "sd2" | "sdxl") read from its file's header (no
+    torch); "sd1" when there is none or it cannot be read."""
+    try:
+        label = form.checkpoint or (host.default_checkpoint() if host is not None else None)
+        path = Path(host.checkpoint_path(label)) if label else None
+        if path is None or not path.exists():
+            return "sd1"
+        stat = path.stat()
+        return _family_of(str(path), stat.st_size, stat.st_mtime_ns)
+    except Exception:  # an unreadable or unsupported file: the problems list says why
+        return "sd1"
+
+
+@lru_cache(maxsize=64)
+def _family_of(path: str, size: int, mtime_ns: int) -> str:
+    from ...model_family import detect_family
+
+    try:
+        return detect_family(Path(path)).name
+    except Exception:
+        return "sd1"
 
 
 _COUNT_LOCK = threading.Lock()  # one count at a time: diffusers' lazy imports are not thread-safe
 
 
-def lora_parameter_count(rank: int, preset: str, train_text_encoder: bool) -> tuple[int, int]:
-    """(trainable, base) parameters for SD1.5 at this rank, from its config without loading weights."""
+def lora_parameter_count(rank: int, preset: str, train_text_encoder: bool, family: str = "sd1") -> tuple[int, int]:
+    """(trainable, base) parameters at this rank for the family's real architecture (SD1.5, SD2.x or
+    SDXL's bundled config), counted without loading or allocating weights."""
+    family = family if family in FAMILY_BASE else "sd1"
     with _COUNT_LOCK:
-        return _parameter_count(int(rank), str(preset), bool(train_text_encoder))
+        unet_targets, te_targets, base = _skeleton(family, str(preset))
+    count = int(rank) * sum(unet_targets)
+    if train_text_encoder:
+        count += int(rank) * sum(te_targets)
+    return count, base
 
 
-@lru_cache(maxsize=32)
-def _parameter_count(rank: int, preset: str, train_text_encoder: bool) -> tuple[int, int]:
+@lru_cache(maxsize=8)
+def _skeleton(family: str, preset: str) -> tuple[tuple, tuple, int]:
+    """(in + out of each UNet LoRA target, the same for the text encoder(s)' targets, the base
+    parameters of UNet + text encoder(s)) for a family, from its bundled configs: once per family
+    and target preset (SDXL: 722 UNet + 72 + 192 text-encoder modules by default)."""
     from ...heavy_imports import import_sd_libraries
 
     import_sd_libraries()
     import torch
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from ...lora.targets import text_encoder_targets, unet_targets
-    from ...models import BUNDLED_SD15_CONFIG
+    from ...models import BUNDLED_CONFIGS
 
+    folder = BUNDLED_CONFIGS[family]
     # torch.device("meta") is thread-local; accelerate's init_empty_weights patches torch for every
     # thread and would put a concurrently training run's new LoRA layers on the meta device.
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(BUNDLED_SD15_CONFIG / "unet")))
-        te = CLIPTextModel(CLIPTextConfig.from_pretrained(str(BUNDLED_SD15_CONFIG / "text_encoder")))
-    modules = dict(unet.named_modules())
-    count = 0
-    for name in unet_targets(unet, preset):
-        w = modules[name].weight
-        count += rank * (w.shape[0] + w.shape[1])
-    te_modules = dict(te.named_modules())
-    if train_text_encoder:
-        for name in text_encoder_targets(te, preset):
-            w = te_modules[name].weight
-            count += rank * (w.shape[0] + w.shape[1])
-    base = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for p in te.parameters())
-    return count, base
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(folder / "unet")))
+        encoders = [CLIPTextModel(CLIPTextConfig.from_pretrained(str(folder / "text_encoder")))]
+        if (folder / "text_encoder_2").is_dir():
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(folder / "text_encoder_2"))))
+
+    def sizes(model, names) -> tuple:
+        modules = dict(model.named_modules())
+        return tuple(modules[n].weight.shape[0] + modules[n].weight.shape[1] for n in names)
+
+    unet_sizes = sizes(unet, unet_targets(unet, preset))
+    te_sizes = tuple(n for te in encoders for n in sizes(te, text_encoder_targets(te, preset)))
+    base = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for te in encoders for p in te.parameters())
+    return unet_sizes, te_sizes, base
 
 
 # ---- presets and checkpoints --------------------------------------------------------------------------

@@ -247,8 +247,8 @@ def test_resolution_as_a_number_or_width_and_height(tmp_path, written, expected)
     ("[512]", "must be a number like 512 or [width, height] like [512, 768] (got list [512])"),
     ("[512, 512, 3]", "must be a number like 512 or [width, height] like [512, 768] (got list [512, 512, 3])"),
     ("true", "must be a number like 512 or [width, height] like [512, 768] (got bool True)"),
-    ("500", "500x500 must be multiples of 64 between 64 and 2048 (512 for SD1.5)"),
-    ("[512, 4096]", "512x4096 must be multiples of 64 between 64 and 2048 (512 for SD1.5)"),
+    ("500", "500x500 must be multiples of 64 between 64 and 2048 (512 for SD1.5, 1024 for SDXL)"),
+    ("[512, 4096]", "512x4096 must be multiples of 64 between 64 and 2048 (512 for SD1.5, 1024 for SDXL)"),
 ])
 def test_bad_resolutions(tmp_path, written, problem):
     path = subset_toml(tmp_path, "", general=f"resolution = {written}")

@@ -196,7 +196,7 @@ class TrainingJob:
                         host.before_training(control)
                     self._set_stage("dataset")
                     try:
-                        if prepared.plan.processes > 1 and distributed.world_size() == 1:  # several GPUs: their processes
+                        if getattr(prepared.plan, "processes", 1) > 1 and distributed.world_size() == 1:  # several GPUs
                             run_processes(prepared, prepared.plan.processes, devices=self._devices,
                                           sinks=[self._on_event, *sinks], control=control)
                         else:

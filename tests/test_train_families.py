@@ -216,3 +216,14 @@ def test_the_test_panel_size_follows_the_checkpoint_family(tmp_path):
     broken = next(label for label in labels if "broken" in label)
     assert native_size(host, xl) == 1024
     assert native_size(host, broken) is None and native_size(host, None) is None
+
+
+def test_an_sdxl_preset_on_an_sd1_checkpoint_is_warned_about(train_set, tmp_path, tiny_model_dir):
+    from instant_lora.request import RunRequest, prepare_run
+
+    values = {"train_data_dir": str(train_set), "output_dir": str(tmp_path / "o"),
+              "pretrained_model_name_or_path": str(tiny_model_dir)}
+    prepared = prepare_run(RunRequest(front="cli", values=values, preset="SDXL 12 GB"))
+    assert any("made for SDXL checkpoints and this one is SD1.x" in w for w in prepared.plan.warnings)
+    plain = prepare_run(RunRequest(front="cli", values=values, preset="Balanced"))
+    assert not any("made for" in w for w in plain.plan.warnings)

@@ -362,11 +362,21 @@ def prepare_run(request: RunRequest, host=None, *, cuda: bool | None = None, sca
                      explicit=request.explicit, seed=seed, reference_warnings=request.front == "cli",
                      output_dir=str(output_dir), logging_dir=config.logging_dir or str(Path(output_dir) / "logs"),
                      run_name=run_name, sample_prompts=prompts)
-    if replace_warning:
+    extra = [w for w in (replace_warning, _preset_mismatch(request, host, family)) if w]
+    if extra:
         from dataclasses import replace
 
-        plan = replace(plan, warnings=(*plan.warnings, replace_warning))
+        plan = replace(plan, warnings=(*plan.warnings, *extra))
     return PreparedRun(config=config, plan=plan, scan=scan, data=data)
+
+
+def _preset_mismatch(request: RunRequest, host, family) -> str | None:
+    """A warning when a preset made for one family (e.g. "SDXL 12 GB") meets another's checkpoint."""
+    if not request.preset or not isinstance(request.preset, str):
+        return None
+    from .presets import family_mismatch
+
+    return family_mismatch(request.preset, family, host.data_dir / "presets" if host is not None else None)
 
 
 def dataset_specs_of(config):
@@ -433,4 +443,9 @@ def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[t
         plan = make_plan(config, cuda=detect_cuda(), seed=config.seed, data=data, family=family,
                          processes=max(1, int(request.processes or 1)),
                          reference_warnings=False, output_dir=config.output_dir, sample_prompts=prompts)
+    mismatch = _preset_mismatch(request, host, family)
+    if mismatch and plan is not None:
+        from dataclasses import replace
+
+        plan = replace(plan, warnings=(*plan.warnings, mismatch))
     return plan, problems

@@ -5,9 +5,13 @@ UNet and the text encoder (the app's usual run). A CUDA GPU is looked up by name
 from public user reports (approximate: the same card differs 2x between drivers, attention
 kernels and settings); a CPU uses the figures `benchmarks/step_time.py` measured here, scaled by
 the number of threads. That figure is then scaled for the run: pixels, batch, gradient
-accumulation, gradient checkpointing, text-encoder training, fp32, latents not cached, and the
-size of the model's UNet (its parameter count, read from the checkpoint's safetensors header
-without loading a weight). Loading the model, caching latents and rendering samples are added.
+accumulation, gradient checkpointing, text-encoder training, fp32, latents not cached, the model
+family (SD2.x costs what SD1.5 does per pixel, with a larger text encoder; SDXL is scaled from the
+SD1.5 figures by public SDXL reports on a GPU and by its UNet's FLOPs per pixel on the CPU) and the
+size of the model's UNet against its family's (its parameter count, read from the checkpoint's
+safetensors header without loading a weight). Loading the model, caching latents and rendering
+samples are added. On a CUDA GPU the plan also says how much GPU memory the run needs
+(train/memory_estimate.py).
 
 No torch at import: `estimate_plan` takes the device as a `Device`; `detect_device` (which asks
 torch) sits beside it for the loop and the UI.
@@ -25,6 +29,8 @@ from pathlib import Path
 
 SD15_UNET_PARAMS = 859_520_964  # the bundled SD1.5 UNet config, counted (benchmarks/apply_speed.py)
 SD15_CHECKPOINT_BYTES = 2.1e9  # a pruned fp16 SD1.5 checkpoint, for a model whose size is unknown
+# A family's usual checkpoint file (fp16 pruned SD1.5 and SD2.1, sd_xl_base_1.0.safetensors).
+FAMILY_CHECKPOINT_BYTES = {"sd1": SD15_CHECKPOINT_BYTES, "sd2": 2.6e9, "sdxl": 6.9e9}
 
 # Seconds per step, SD1.5, 512x512, batch 1, fp16, UNet + text-encoder LoRA (rank 16-32), latents
 # cached. Substrings of torch.cuda.get_device_name(), lower case, first match wins (so "a100"
@@ -90,6 +96,23 @@ GPU_TE_SHARE = 0.1  # of a table step: the text encoder's forward + backward (77
 GPU_MIN_PIXELS = 0.35  # below ~300x300 a GPU step stops getting faster (launch overhead)
 GPU_BATCH_EXTRA = 0.8  # each image after the first in a batch costs this much of the first
 GPU_FP32 = 2.0  # --mixed_precision=no on a GPU
+# SDXL on a GPU, scaled from the SD1.5 figures above: one tester's same-config runs put an SDXL
+# LoRA step at 1024x1024 at 2.2x the SD1.5 step at 512 on the same card (bmaltais/kohya_ss#1288:
+# RTX 3060 2.4 s/it, RTX 3090 1.23 s/it, against [1] and [3]); another RTX 3090 at 1.2 s/it
+# (bmaltais/kohya_ss#1730, once the run fit in VRAM). Settings beyond batch 1 were not given.
+# By FLOPs alone it would be 8.4x (6.76 against 0.80 TFLOP per UNet forward, counted below): the
+# SD1.5 step at 512 px is far from using a GPU's arithmetic, SDXL's at 1024 px much less so.
+SDXL_GPU_AT_1024 = 2.2
+# Below ~720x720 an SDXL step stops getting faster on a GPU: 70 transformer blocks (SD1.5: 16)
+# are that many more kernels whatever the pixels.
+SDXL_GPU_MIN_PIXELS = 0.5  # of 1024x1024
+# The CPU is compute-bound: SDXL's UNet forward FLOPs over SD1.5's at the same size, counted with
+# torch.utils.flop_counter on the real architectures (meta device): 428 / 180 GFLOP at 256 px,
+# 1589 / 803 at 512, 3641 / 2148 at 768, 6761 / 4674 at 1024. SD2.x: 181 / 180 at 256 and
+# 804 / 803 at 512, so SD1.5's figures as they are.
+FAMILY_FLOPS_RATIO = {
+    "sdxl": {256 * 256: 2.38, 512 * 512: 1.98, 768 * 768: 1.70, 1024 * 1024: 1.45},
+}
 
 # CPU, fp32, measured by `python benchmarks/step_time.py` (see benchmarks/RESULTS.md): the real
 # SD1.5 UNet + text encoder, random weights, LoRA rank 16 injected as the trainer does, batch 1,
@@ -124,6 +147,7 @@ class Device:
     kind: str  # "cuda" | "cpu"
     name: str = ""  # the GPU's name (torch.cuda.get_device_name) or the CPU's
     threads: int = 1  # CPU threads torch uses
+    memory: int = 0  # the GPU's memory in bytes (0: not known)
 
 
 @dataclass(frozen=True)
@@ -146,6 +170,9 @@ class Estimate:
     model_note: str
     device: Device
     alternative: tuple | None = None  # (what to change, its total seconds)
+    memory: object = None  # memory_estimate.MemoryEstimate on a CUDA GPU; None on the CPU
+    memory_advice: str = ""  # what to change when the run needs more than the GPU has
+    family_label: str = "SD1.5"  # the model family's name, for the text
 
     @property
     def takes_hours(self) -> bool:
@@ -167,11 +194,15 @@ class Estimate:
                  f"and other programs change it; the log shows the real speed after the first steps."]
         if self.device.kind == "cpu" and self.takes_hours:
             line = (f"{b}On this CPU this run will take hours (about {format_duration(self.total_s)}).{b} "
-                    f"SD1.5 trains at a practical speed on a CUDA GPU only.")
+                    f"{self.family_label} trains at a practical speed on a CUDA GPU only.")
             if self.alternative:
                 what, seconds = self.alternative
                 line += f" To check the data first: {what}, about {format_duration(seconds)} here."
             lines.append(line)
+        if self.device.kind == "cuda" and self.memory is not None:
+            lines.append(self.memory.line(self.device.memory, markdown))
+            if self.memory_advice:
+                lines.append(self.memory_advice)
         return lines
 
 
@@ -215,19 +246,40 @@ def _interpolate(points: dict, x: float) -> float:
     return points[xs[-1]]
 
 
+def _ratio_at(points: dict, pixels: float) -> float:
+    """Piecewise linear in pixels through (pixels, ratio) points; flat beyond the ends."""
+    xs = sorted(points)
+    if pixels <= xs[0]:
+        return points[xs[0]]
+    if pixels >= xs[-1]:
+        return points[xs[-1]]
+    for a, b in zip(xs, xs[1:]):
+        if a <= pixels <= b:
+            return points[a] + (points[b] - points[a]) * (pixels - a) / (b - a)
+    return points[xs[-1]]
+
+
 def step_time(device: Device, *, width: int = 512, height: int = 512, batch_size: int = 1, accumulation: int = 1,
               train_text_encoder: bool = True, gradient_checkpointing: bool = False, precision: str = "fp16",
-              cache_latents: bool = True, model_scale: float = 1.0) -> StepTime:
-    """Seconds per optimizer step for these settings on `device`."""
+              cache_latents: bool = True, model_scale: float = 1.0, family: str | None = None, te_scale: float = 1.0,
+              vae_scale: float | None = None) -> StepTime:
+    """Seconds per optimizer step for these settings on `device`. `family` ("sd1" | "sd2" |
+    "sdxl"; None = SD1.x) picks how the SD1.5 figures scale; `model_scale` is the UNet's size
+    against its family's, `te_scale` the text encoder(s)' against SD1.5's, `vae_scale` the VAE's
+    (default: model_scale)."""
     pixels = width * height
+    sdxl = family == "sdxl"
     if device.kind == "cuda":
         entry = gpu_entry(device.name)
         label, base = entry or UNKNOWN_GPU
         source = (f"table: {label} (public user reports, approximate)" if entry
                   else f"'{device.name}' is not in the table: {label}")
         te = base * GPU_TE_SHARE
-        unet = (base - te) * max(pixels / 512 ** 2, GPU_MIN_PIXELS)
-        vae = VAE_SHARE * unet  # the VAE encodes in fp32 whatever the run's precision
+        vae = VAE_SHARE * (base - te) * max(pixels / 512 ** 2, GPU_MIN_PIXELS)  # the VAE is the same in every family
+        if sdxl:
+            unet = (base - te) * SDXL_GPU_AT_1024 * max(pixels / 1024 ** 2, SDXL_GPU_MIN_PIXELS)
+        else:
+            unet = (base - te) * max(pixels / 512 ** 2, GPU_MIN_PIXELS)
         if precision == "no":
             unet, te = unet * GPU_FP32, te * GPU_FP32
         batch = 1 + GPU_BATCH_EXTRA * (batch_size - 1)
@@ -239,12 +291,15 @@ def step_time(device: Device, *, width: int = 512, height: int = 512, batch_size
         # The measured points, by pixels (of a square side); UNet only = total minus the text encoder.
         unet_points = {size * size: seconds - CPU_MEASURED["te"] for size, seconds in CPU_MEASURED["unet_te"].items()}
         unet = _interpolate(unet_points, pixels) * scale
+        if family in FAMILY_FLOPS_RATIO:
+            unet *= _ratio_at(FAMILY_FLOPS_RATIO[family], pixels)
         vae = _interpolate({size * size: seconds for size, seconds in CPU_MEASURED["vae"].items()}, pixels) * scale
         batch = batch_size
         checkpointing = CPU_MEASURED["checkpointing"]
         source = (f"CPU, measured on {CPU_MEASURED['machine']} at {CPU_MEASURED['threads']} threads (benchmarks/step_time.py)"
                   + (f", scaled to this machine's {threads} thread{'s' if threads > 1 else ''}" if threads != CPU_MEASURED["threads"] else ""))
-    unet, te, vae = unet * model_scale, te * model_scale, vae * model_scale
+    unet, te = unet * model_scale, te * model_scale * te_scale
+    vae = vae * (model_scale if vae_scale is None else vae_scale)
     plain_unet = unet
     if gradient_checkpointing:
         unet, te = unet * checkpointing, te * (checkpointing if train_text_encoder else 1.0)
@@ -255,6 +310,11 @@ def step_time(device: Device, *, width: int = 512, height: int = 512, batch_size
                + (", UNet + text encoder" if train_text_encoder else ", UNet only")
                + (", gradient checkpointing" if gradient_checkpointing else "") + (", fp32" if precision == "no" else "")
                + ("" if cache_latents else ", latents encoded every step"))
+    if sdxl:
+        source += ("; SDXL scaled from these SD1.5 figures: " + (
+            f"an SDXL step at 1024 px is ~{SDXL_GPU_AT_1024:g}x an SD1.5 step at 512 px on the same card (public reports)"
+            if device.kind == "cuda" else
+            f"x {_ratio_at(FAMILY_FLOPS_RATIO['sdxl'], pixels):.2g} for its UNet's FLOPs per pixel"))
     return StepTime(seconds=seconds, unet_image_s=plain_unet + FLOOR_S, vae_image_s=vae + FLOOR_S, source=source)
 
 
@@ -327,7 +387,7 @@ def model_bytes(path: str | Path) -> int | None:
         if p.is_file():
             return p.stat().st_size
         if p.is_dir():
-            return sum(f.stat().st_size for sub in ("unet", "vae", "text_encoder") for f in (p / sub).glob("*")
+            return sum(f.stat().st_size for sub in ("unet", "vae", "text_encoder", "text_encoder_2") for f in (p / sub).glob("*")
                        if f.suffix in (".safetensors", ".bin"))
     except OSError:
         return None
@@ -336,23 +396,47 @@ def model_bytes(path: str | Path) -> int | None:
 
 # ---- a whole run -----------------------------------------------------------------------------------
 
-def estimate_plan(plan, device: Device, *, unet_params: int | None = None, alternative: bool = True) -> Estimate:
-    """The run's time on `device`: steps x s/step + loading + latent caching + samples."""
+def estimate_plan(plan, device: Device, *, unet_params: int | None = None, alternative: bool = True,
+                  sizes=None, **memory_settings) -> Estimate:
+    """The run's time on `device`: steps x s/step + loading + latent caching + samples; on a CUDA
+    GPU also its memory (memory_estimate.estimate_memory; `memory_settings` are its keywords:
+    optimizer, captions_vary, lora_preset, max_token_length). `sizes` (memory_estimate.PartSizes)
+    of a model already in memory replace what the file's header says."""
+    from .memory_estimate import FAMILY_LABELS, FAMILY_SIZES, PartSizes, part_sizes
+
     model_path = getattr(plan, "model_path", "") or ""
-    params = unet_params if unet_params is not None else (unet_parameter_count(model_path) if model_path else None)
+    read, family = part_sizes(plan)
+    known_family = getattr(getattr(plan, "family", None), "name", None) in FAMILY_SIZES or (
+        read.source == "the checkpoint's header" and family == "sdxl")
+    if sizes is None:
+        sizes = read if read.source == "the checkpoint's header" else None
+    if unet_params is not None:
+        sizes = PartSizes(unet_params, (sizes or FAMILY_SIZES[family]).text_encoders, (sizes or FAMILY_SIZES[family]).vae,
+                          "the model in memory")
+    params = sizes.unet if sizes is not None else None
+    known = FAMILY_SIZES[family if known_family else "sd1"]
+    label = FAMILY_LABELS[family] if known_family else "SD1.5"
     if params:
-        scale = params / SD15_UNET_PARAMS
-        note = (f"UNet {params / 1e6:,.0f} M parameters (SD1.5 size)" if 0.9 < scale < 1.1
-                else f"UNet {params / 1e6:,.3g} M parameters = {scale:.3g} x SD1.5's, scaled so")
+        scale = params / known.unet
+        note = (f"UNet {params / 1e6:,.0f} M parameters ({label} size)" if 0.9 < scale < 1.1
+                else f"UNet {params / 1e6:,.3g} M parameters = {scale:.3g} x {label}'s, scaled so")
+        te_scale = (sizes.text_encoder_total / FAMILY_SIZES["sd1"].text_encoder_total / scale) if sizes.text_encoders else (
+            known.text_encoder_total / FAMILY_SIZES["sd1"].text_encoder_total)
+        vae_scale = sizes.vae / known.vae if sizes.vae else 1.0
     else:
         scale = 1.0
-        note = "the model's size could not be read from its file: assumed SD1.5's UNet"
+        note = (f"the model's size could not be read from its file: assumed {label}'s parts" if known_family
+                else "the model's size could not be read from its file: assumed SD1.5's UNet")
+        te_scale, vae_scale = known.text_encoder_total / FAMILY_SIZES["sd1"].text_encoder_total, 1.0
+    fam = family if known_family else None
     step = step_time(device, width=plan.width, height=plan.height, batch_size=plan.batch_size, accumulation=plan.accumulation,
                      train_text_encoder=plan.train_text_encoder,
                      gradient_checkpointing=bool(getattr(plan, "gradient_checkpointing", False)),
-                     precision=plan.precision, cache_latents=bool(getattr(plan, "cache_latents", True)), model_scale=scale)
+                     precision=plan.precision, cache_latents=bool(getattr(plan, "cache_latents", True)), model_scale=scale,
+                     family=fam, te_scale=te_scale, vae_scale=vae_scale)
     size = model_bytes(model_path) if model_path else None
-    load = LOAD_BASE_S + LOAD_PER_GB_S * (size if size else SD15_CHECKPOINT_BYTES * scale) / 1e9
+    default_bytes = FAMILY_CHECKPOINT_BYTES.get(fam or "sd1", SD15_CHECKPOINT_BYTES)
+    load = LOAD_BASE_S + LOAD_PER_GB_S * (size if size else default_bytes * scale) / 1e9
     latents = plan.num_images if getattr(plan, "cache_latents", True) else 0
     cache = latents * step.vae_image_s
     renders = len(plan.sample_prompts) * len(plan.sample_steps)
@@ -362,12 +446,31 @@ def estimate_plan(plan, device: Device, *, unet_params: int | None = None, alter
     total = plan.max_train_steps * step.seconds + load + cache + samples
     alt = None
     if alternative and device.kind == "cpu" and total >= HOURS:
-        alt = _quick_test_alternative(plan, device, scale, load, total)
+        alt = _quick_test_alternative(plan, device, scale, load, total, fam, te_scale, vae_scale)
+    memory, advice = None, ""
+    if device.kind == "cuda":
+        memory, advice = _memory(plan, device, sizes or FAMILY_SIZES[family], family, memory_settings)
     return Estimate(total_s=total, steps=plan.max_train_steps, step=step, load_s=load, cache_s=cache, sample_s=samples,
-                    num_latents=latents, model_note=note, device=device, alternative=alt)
+                    num_latents=latents, model_note=note, device=device, alternative=alt, memory=memory, memory_advice=advice,
+                    family_label=label)
 
 
-def _quick_test_alternative(plan, device: Device, scale: float, load: float, total: float) -> tuple | None:
+def _memory(plan, device: Device, sizes, family: str, settings: dict) -> tuple:
+    """(MemoryEstimate, advice when it is more than the GPU has); (None, "") if it cannot be told."""
+    from .memory_estimate import estimate_memory, memory_settings
+
+    try:
+        memory = estimate_memory(plan, sizes=sizes, family=family, **settings)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None, ""
+    advice = ""
+    if device.memory and memory.peak > device.memory * 0.95:
+        advice = memory.advice(memory_settings(plan, **settings))
+    return memory, advice
+
+
+def _quick_test_alternative(plan, device: Device, scale: float, load: float, total: float, family: str | None = None,
+                            te_scale: float = 1.0, vae_scale: float | None = None) -> tuple | None:
     """('the "Quick test" preset at 256 px', seconds) when that is much shorter than `total`."""
     from ..presets import BUILTIN_DIR, load_preset
 
@@ -382,7 +485,7 @@ def _quick_test_alternative(plan, device: Device, scale: float, load: float, tot
     step = step_time(device, width=size, height=size, batch_size=int(values.get("train_batch_size", 1)),
                      train_text_encoder=not values.get("network_train_unet_only", False),
                      gradient_checkpointing=bool(values.get("gradient_checkpointing", False)), precision="no",
-                     model_scale=scale)
+                     model_scale=scale, family=family, te_scale=te_scale, vae_scale=vae_scale)
     seconds = steps * step.seconds + load + plan.num_images * step.vae_image_s
     if seconds > total / 2:
         return None
@@ -394,7 +497,7 @@ def detect_device(kind: str = "cuda") -> Device:
     import torch
 
     if kind == "cuda" and torch.cuda.is_available():
-        return Device("cuda", torch.cuda.get_device_name(0))
+        return Device("cuda", torch.cuda.get_device_name(0), memory=int(torch.cuda.get_device_properties(0).total_memory))
     return Device("cpu", _cpu_name(), torch.get_num_threads())
 
 
@@ -411,11 +514,25 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_estimate(plan, model=None) -> Estimate | None:
+def run_estimate(plan, model=None, **memory_settings) -> Estimate | None:
     """The estimate for a plan on the device it will train on (a model already in memory is
-    counted instead of the file); None if anything goes wrong: an estimate never stops a run."""
+    counted instead of the file); None if anything goes wrong: an estimate never stops a run.
+    `memory_settings`: see estimate_plan (optimizer, captions_vary, lora_preset, max_token_length)."""
     try:
-        params = sum(p.numel() for p in model.unet.parameters()) if model is not None else None
-        return estimate_plan(plan, detect_device(plan.device), unet_params=params)
+        sizes = model_part_sizes(model) if model is not None else None
+        return estimate_plan(plan, detect_device(plan.device), sizes=sizes, **memory_settings)
     except Exception:
         return None
+
+
+def model_part_sizes(model):
+    """memory_estimate.PartSizes of a loaded SDModel (its UNet, text encoder(s) and VAE)."""
+    from .memory_estimate import PartSizes
+
+    def count(net) -> int:
+        return sum(p.numel() for p in net.parameters())
+
+    encoders = [te for te in (getattr(model, "text_encoder", None), getattr(model, "text_encoder_2", None)) if te is not None]
+    vae = getattr(model, "vae", None)
+    return PartSizes(count(model.unet), tuple(count(te) for te in encoders), count(vae) if vae is not None else 0,
+                     "the model in memory")

@@ -254,7 +254,11 @@ class Run:
                              f"(VAE runs once per image{', twice for the mirrored copy' if flipped else ''})..."))
             # each process encodes its share of the images, then all hold all of them
             mine = distributed.share(samples)
+            from .memory_estimate import latent_cache_batch
+
             latents = cache.encode_images(m.vae, mine, device=self.device, to_disk=cfg.cache_latents_to_disk,
+                                          # SDXL's VAE at 1024 px: one image at a time (mirrored copies count)
+                                          batch_size=max(1, latent_cache_batch(plan.width, plan.height) // (2 if flipped else 1)),
                                           progress=lambda done, total: self.control.check("caching"),
                                           family="sdxl" if m.family.name == "sdxl" else "sd")
             self.latents = distributed.gather_dicts(latents)

@@ -57,6 +57,11 @@ class TrainPlan:
     family: object = None  # model_family.ModelFamily read from the checkpoint; None = told when it loads
     text_encoder_lr2: float | None = None  # SDXL's second text encoder; None = text_encoder_lr
     processes: int = 1  # data-parallel processes (GPUs); each takes its share of every step's micro-batches
+    # what the GPU memory estimate needs besides the sizes (train/memory_estimate.py)
+    optimizer_type: str = "AdamW"
+    captions_vary: bool = False  # shuffled / dropped captions: a frozen text encoder stays on the GPU
+    lora_preset: str = "default"
+    max_token_length: int | None = None
 
     @property
     def total_batch_size(self) -> int:
@@ -209,6 +214,8 @@ def make_plan(config, num_images: int = 0, num_train_images: int = 0, *, cuda: b
         reg_per_epoch=data.reg_per_epoch if data is not None else 0,
         batch_sizes=tuple(data.batch_sizes) if data is not None and len(set(data.batch_sizes)) > 1 else (),
         family=family, text_encoder_lr2=config.text_encoder_lr2, processes=processes,
+        optimizer_type=config.optimizer_type, lora_preset=config.preset, max_token_length=config.max_token_length,
+        captions_vary=any(s.rules.varies for s in data.samples) if data is not None else False,
         validation_steps=validation_schedule(max_steps, steps_per_epoch, config.validate_every_n_steps,
                                              config.validate_every_n_epochs) if data is not None and data.validation else (),
     )

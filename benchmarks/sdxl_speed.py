@@ -77,17 +77,7 @@ MODES = [
 ]
 
 
-def make_dataset(folder: Path, n: int, size: int) -> Path:
-    from PIL import Image, ImageDraw
-
-    sub = folder / "1_bench"
-    sub.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = Image.new("RGB", (size, size), (20 * i % 255, 100, 200))
-        ImageDraw.Draw(img).ellipse([size // 5, size // 5, 4 * size // 5, 4 * size // 5], fill=(200, 30 * i % 255, 40))
-        img.save(sub / f"img{i:03d}.png")
-        (sub / f"img{i:03d}.txt").write_text(f"bench, picture number {i}, a colourful circle", encoding="utf-8")
-    return folder
+from train_speed import make_dataset  # noqa: E402  (the same benchmark images)
 
 
 def build_model(seed: int = 0):

@@ -4,11 +4,11 @@ plan's line (CUDA only), a preset made for another family, and the trainable-par
 UI shows for the chosen checkpoint's family. No weights are allocated anywhere here."""
 
 import json
-import struct
 
 import pytest
 
 from instant_lora.config import TrainConfig
+from test_estimate import write_header_only_safetensors
 from instant_lora.model_family import ModelFamily
 from instant_lora.train import memory_estimate as mem
 from instant_lora.train.estimate import Device, estimate_plan, step_time
@@ -39,19 +39,7 @@ def memory(values=None, family=SD1, **overrides):
     return mem.estimate_memory(plan_with(values, family), optimizer=values.get("optimizer_type"))
 
 
-def header_only(path, tensors: dict):
-    """A .safetensors file whose header declares `tensors` ({name: shape}, fp16) and holds no data."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, shape in tensors.items():
-        size = 2
-        for d in shape:
-            size *= d
-        header[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
-    return path
+header_only = write_header_only_safetensors  # the estimate tests' header-only file
 
 
 # ---- the part sizes are the bundled configs' ------------------------------------------------------

@@ -56,13 +56,13 @@ def app_env(base: Path, **extra) -> dict:
     return env
 
 
-def start_app(base: Path, env: dict):
+def start_app(base: Path, env: dict, *extra: str):
     """`standalone_app.py` serving base/models, base/loras and base/data on a free port, its output
     in base/app.log: (process, log file, url) once the page answers; a start that fails fails the test."""
     port = free_port()
     log = open(base / "app.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "standalone_app.py"), "--port", str(port), "--no-browser",
-                             "--models-dir", str(base / "models"), "--lora-dir", str(base / "loras"), "--data-dir", str(base / "data")],
+                             "--models-dir", str(base / "models"), "--lora-dir", str(base / "loras"), "--data-dir", str(base / "data"), *extra],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=base)
     url = f"http://127.0.0.1:{port}/"
     for _ in range(240):

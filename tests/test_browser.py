@@ -119,7 +119,8 @@ def wait_text(page, elem_id: str, text: str, timeout: float = 240):
 
 # Polled outputs that show a progress indicator (Gradio's status tracker) that can be seen: not
 # hidden, not transparent (on 3.41 a tracker's pulse animation outdoes its "hide" class's opacity 0).
-BUSY_POLLED_OUTPUTS = """() => ['il_progress', 'il_loss_chart', 'il_samples', 'il_log', 'il_result', 'il_result_tag'].filter(id => {
+BUSY_POLLED_OUTPUTS = """() => ['il_progress', 'il_loss_chart', 'il_samples', 'il_log', 'il_result', 'il_result_tag',
+                                   'il_mechanism'].filter(id => {
     const box = document.querySelector('#' + id);
     if (!box) return false;
     return [...box.querySelectorAll('.generating, .pending, .eta-bar, .progress-text')].some(el => {
@@ -231,13 +232,17 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     assert page.get_attribute("#il_progress [data-state]", "data-state") == "finished", page.inner_text("#il_result")
     assert "step 40 / 40" in page.inner_text("#il_progress").replace("\n", " ")
     page.wait_for_selector("#il_loss_chart svg")
+    # the mechanism: 40 steps x 1 image, loss against timestep, and the last step's movement per block
+    page.wait_for_selector("#il_mechanism svg.il-scatter[data-points='40']")
+    assert page.get_attribute("#il_mechanism .il-mechanism", "data-movement-step") == "40"
+    assert page.locator("#il_mechanism rect.il-bar").count() >= 2
     page.wait_for_function("() => document.querySelectorAll('#il_samples img').length >= 4")  # steps 10, 20, 30, 40
     page.locator("#il_section_train").screenshot(path=str(SHOTS / "3-train.png"))
     # The page polls every second but is sent only what changed: the chart and the samples stay as they are,
     # and no polled box wears a progress indicator (on Gradio 3.41: an orange "pending" border).
     received = received_for(page, seconds=3.5)
     assert received, "the page did not poll"
-    assert not [m for m in received if "il-loss" in m or "ui_lora_step" in m], received[:3]
+    assert not [m for m in received if "il-loss" in m or "il-mechanism" in m or "ui_lora_step" in m], received[:3]
     assert page.evaluate(BUSY_POLLED_OUTPUTS) == []
     context = page.context.browser.new_context(viewport={"width": 1280, "height": 1600})
     later = context.new_page()  # a page opened after the run still gets all of it
@@ -250,6 +255,7 @@ def test_upload_caption_train_and_result(app, page, tmp_path):
     finally:
         context.close()
     wait_text(page, "il_result", "ui_lora.safetensors")
+    assert "Changed most: " in page.inner_text("#il_result")
     tag = page.locator("#il_result_tag textarea, #il_result_tag input").first.input_value()
     assert tag == "<lora:ui_lora:0.8> shpz"
     page.locator("#il_section_result").screenshot(path=str(SHOTS / "4-result.png"))

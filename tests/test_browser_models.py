@@ -39,7 +39,7 @@ def test_empty_models_folder_download_and_fresh_list(tmp_path):
                 page.wait_for_function(f"() => {MESSAGE}.includes('No checkpoint found')")
                 text = page.evaluate(f"() => {MESSAGE}")
                 page.wait_for_function("() => !document.querySelector('#il_models_msg .progress-text')")  # the page-load refresh ran
-                assert str(base / "models") in text and "the folder this app reads" in text and "also searched" in text, text
+                assert str(base / "models") in text and "the folder this app reads" in text and "Also searched" in text, text
                 button = page.locator("#il_download_model")
                 assert button.is_visible() and "Download SD1.5" in button.inner_text()
                 page.locator("#il_section_model").screenshot(path=str(shots / "models-empty.png"))

@@ -84,6 +84,25 @@ def test_one_set_of_files_and_one_log_line_per_step(runs):
     assert "x 2 processes (a global batch of 2)" in runs["two"]
 
 
+def test_the_main_process_logs_every_processs_timesteps_and_the_movement(runs):
+    """Each step's images come from both processes: the log holds all of them, in the order one
+    process accumulating the same micro-batches draws them, and one Movement per report."""
+    def records(folder):
+        log = next((runs["root"] / folder / "logs").glob("*.jsonl"))
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    two, one = records("two"), records("one")
+    steps_two, steps_one = [r for r in two if r["event"] == "step"], [r for r in one if r["event"] == "step"]
+    assert [len(r["timesteps"]) for r in steps_two] == [2, 2, 2, 2]
+    assert [r["timesteps"] for r in steps_two] == [r["timesteps"] for r in steps_one]
+    for a, b in zip(steps_two, steps_one):
+        assert a["sample_losses"] == pytest.approx(b["sample_losses"], rel=1e-4, abs=1e-6)
+    moves = [r for r in two if r["event"] == "movement"]
+    assert [m["step"] for m in moves] == [0, 1, 2, 3, 4]
+    last = [m for m in one if m["event"] == "movement"][-1]
+    assert moves[-1]["blocks"] == pytest.approx(last["blocks"], rel=1e-3)
+
+
 def test_a_two_process_state_resumes_in_two_processes_only(runs):
     root, common = runs["root"], runs["common"]
     state = root / "two" / "l-step00000002-state"

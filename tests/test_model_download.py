@@ -198,7 +198,7 @@ def test_an_empty_list_says_which_folder_the_app_reads(tmp_path):
     view = models_view(app_host(tmp_path))
     assert view.choices == [] and view.value is None and view.show_download
     assert f"`{tmp_path / 'models'}` (the folder this app reads)" in view.message
-    assert "also searched: no A1111, Forge or ComfyUI install in" in view.message and download_label() in view.message
+    assert "Also searched: no A1111, Forge or ComfyUI install in" in view.message and download_label() in view.message
     assert download_label() == "Download SD1.5 (4.3 GB)"
 
     class OwnList(Host):  # the WebUI: its own checkpoints, nothing to download

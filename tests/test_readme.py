@@ -276,7 +276,16 @@ def run_by_ci(words, ws):
     assert command == "bash .ci/run" or ("-m pytest" in ci if "pytest" in command else command in ci), command
 
 
+def run_messages(words, ws):
+    """The catalogue's maintenance command: it lists no missing message (the catalogue is complete)."""
+    r = subprocess.run([sys.executable, str(ROOT / words[1]), *words[2:]], cwd=ws.root, env=ws.env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == {} and re.search(r"\b0 of \d+ messages have no zh-TW entry", r.stderr), r.stderr[-500:]
+
+
 RUNNERS = [
+    (r"python localizations/messages\.py zh-TW$", run_messages),
     (r"python3? -m venv \S+$", run_venv),
     (r"source \S+/activate$", run_activate),
     (r"pip install ", run_pip),

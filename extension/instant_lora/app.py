@@ -32,6 +32,15 @@ def port_number(value: str) -> int:
     return port
 
 
+def language_name(value: str) -> str:
+    from .i18n import LANGUAGES, normalize
+
+    lang = normalize(value)
+    if lang == "en" and not value.lower().startswith("en"):
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LANGUAGES)} (got '{value:.20}')")
+    return lang
+
+
 def parse_app_args(argv: list[str]) -> argparse.Namespace:
     from .kohya_flags import parse_collecting
 
@@ -46,6 +55,9 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--webui-dir", help="a WebUI install whose folders to use (also $INSTANT_LORA_WEBUI_DIR)")
     p.add_argument("--data-dir", default="instant_lora_data", help="uploads, presets and logs (default ./instant_lora_data)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument("--lang", type=language_name, default=None,
+                   help="the page's language: en or zh-TW (default: the browser's language where the installed "
+                        "Gradio can follow it, else English)")
     args, rest, refused = parse_collecting(p, list(argv), keep_flag_names=True)
     problems = [f"--{flag} {message}" for flag, message in refused]
     if rest or problems:
@@ -166,6 +178,12 @@ class _WithoutGradioBanner:
         return getattr(self.stream, name)
 
 
+def launch_i18n(demo) -> dict:
+    """launch(i18n=...) for a page that follows the browser's language (Gradio 5.30+)."""
+    i18n = getattr(demo, "instant_lora_i18n", None)
+    return {"i18n": i18n} if i18n is not None else {}
+
+
 def serve(demo, args, auth, allowed_paths: list[str]) -> None:
     """Launch quietly (Gradio's own start-up text tells the user to edit `launch()`), print our
     banner with the URL and the flags that change it, then serve until Ctrl-C."""
@@ -173,7 +191,7 @@ def serve(demo, args, auth, allowed_paths: list[str]) -> None:
         with contextlib.redirect_stdout(_WithoutGradioBanner(sys.stdout)):
             demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
                         auth=auth, inbrowser=not args.no_browser, allowed_paths=allowed_paths, quiet=True,
-                        prevent_thread_lock=True)
+                        prevent_thread_lock=True, **launch_i18n(demo))
     except OSError as e:
         if not is_port_error(e):
             raise
@@ -201,7 +219,8 @@ def run_app(argv: list[str]) -> int:
     from .host.standalone import StandaloneHost as Host
     from .ui import build_ui
 
-    host = Host(models_dir=args.models_dir, lora_dir=args.lora_dir, data_dir=args.data_dir, webui_dir=args.webui_dir)
+    host = Host(models_dir=args.models_dir, lora_dir=args.lora_dir, data_dir=args.data_dir, webui_dir=args.webui_dir,
+                lang=args.lang)
     print(f"models: {host.models_dir.resolve()}\nLoRAs go to: {host.lora_dir.resolve()}\ndata: {host.data_dir.resolve()}")
     demo = build_ui(host)
     demo.queue()

@@ -13,12 +13,14 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import InstantLoraError
-from .train.events import (Cancelled, Failed, Finished, RunStopped, Sample, Saved, Status, Step, TrainControl, Validation,
-                           Warn)
+from .train.events import (Cancelled, Failed, Finished, Movement, RunStopped, Sample, Saved, Status, Step, TrainControl,
+                           Validation, Warn)
 
 LOG_LINES = 200
+POINTS = 3000  # (step, timestep, loss) of the last this many images: the live scatter's memory
 STATES = ("idle", "running", "finished", "cancelled", "failed")
 
 
@@ -34,10 +36,16 @@ class JobSnapshot:
     loss: float | None = None
     avg_loss: float | None = None
     lr: float | None = None
+    text_encoder_lr: float | None = None
     seconds: float = 0.0
     step_in_run: int = 0  # steps done in this process (a resumed run starts above 0)
     losses: list = field(default_factory=list)  # (step, loss) pairs
     validation: list = field(default_factory=list)  # (step, validation loss, training's average loss or None)
+    points: list = field(default_factory=list)  # (step, timestep, plain loss or None) per image, the last POINTS
+    movement: dict = field(default_factory=dict)  # {block: norm} of the latest Movement
+    movement_step: int | None = None  # the step it was measured after
+    base_model_bytes: int | None = None  # the base model file's size, when it is one file
+    result_bytes: int | None = None  # the size of the file the run ended with
     samples: list = field(default_factory=list)  # (caption, image path)
     saved: list = field(default_factory=list)  # paths of LoRA files
     log: list = field(default_factory=list)
@@ -64,6 +72,17 @@ def finite_or_none(x):
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
+def file_size(path) -> int | None:
+    """The size of a file in bytes; None for a folder (a diffusers model), a missing path or none."""
+    if not path:
+        return None
+    try:
+        p = Path(path)
+        return p.stat().st_size if p.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 class TrainingJob:
     """Owns the worker thread and the state the UI reads; all updates go through one lock."""
 
@@ -81,7 +100,8 @@ class TrainingJob:
         with self._lock:
             s = self._snap
             return JobSnapshot(**{**s.__dict__, "losses": list(s.losses), "validation": list(s.validation),
-                                  "samples": list(s.samples), "saved": list(s.saved), "log": list(s.log)})
+                                  "samples": list(s.samples), "saved": list(s.saved), "log": list(s.log),
+                                  "points": list(s.points), "movement": dict(s.movement)})
 
     @property
     def version(self) -> int:
@@ -98,7 +118,8 @@ class TrainingJob:
             self._version += 1
             self._snap = JobSnapshot(state="running", name=prepared.name, trigger_words=prepared.config.trigger_words,
                                      stage="waiting", total=prepared.plan.max_train_steps, started_at=time.time(),
-                                     version=self._version)
+                                     version=self._version,
+                                     base_model_bytes=file_size(getattr(prepared.plan, "model_path", "")))
             self._control = TrainControl()
             self._end_state = None
             for source in (host.stop_sources() if host is not None else []):
@@ -149,6 +170,14 @@ class TrainingJob:
                 s.seconds = event.seconds
                 s.step_in_run = event.step - self._first_step
                 s.losses.append((event.step, s.loss))
+                s.text_encoder_lr = event.text_encoder_lr
+                s.points.extend((event.step, int(t), finite_or_none(x))
+                                for t, x in zip(event.timesteps or [], event.sample_losses or []))
+                del s.points[:-POINTS]
+                self._version += 1
+                s.version = self._version
+            elif isinstance(event, Movement):
+                s.movement, s.movement_step = dict(event.blocks), event.step
                 self._version += 1
                 s.version = self._version
             elif isinstance(event, Validation):
@@ -167,9 +196,11 @@ class TrainingJob:
             # sees "finished" can generate at once.
             elif isinstance(event, Finished):
                 s.result_path, self._end_state = event.path, "finished"
+                s.result_bytes = file_size(event.path)
                 self._append(f"done: {event.steps} steps")
             elif isinstance(event, Cancelled):
                 s.result_path, s.stage, self._end_state = event.path, event.stage, "cancelled"
+                s.result_bytes = file_size(event.path)
                 self._append(f"cancelled during {event.stage}" + (f": saved {event.path}" if event.path else ": nothing was saved"))
             elif isinstance(event, Failed):
                 s.error, s.stage, self._end_state = event.message, event.stage, "failed"

@@ -396,11 +396,10 @@ def _inside(path, folder) -> bool:
     return Path(path).expanduser().resolve().is_relative_to(Path(folder).expanduser().resolve())
 
 
-def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[tuple[str, str]]]:
-    """(plan, problems) for the UI's live plan: the same layering and checks, without the parts a
-    form being filled in cannot pass yet (no dataset, no checkpoint), no seed drawn, no file read."""
-    from .train.plan import make_plan
-
+def preview_config(request: RunRequest, host) -> tuple[TrainConfig | None, object, list[tuple[str, str]]]:
+    """(config, family, problems) for the UI's previews: the same layering and checks, without the
+    parts a form being filled in cannot pass yet (no dataset, no checkpoint). The config is there
+    even when values are wrong (the problems say which); None only when it cannot be made."""
     values, problems, chosen = _layer(request, host)
     _host_owned(request, host, values, problems)
     family = model_family_of(values, request, problems)
@@ -409,11 +408,21 @@ def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[t
     try:
         config = TrainConfig(**values)
     except TypeError as e:
-        return None, [("", str(e))]
+        return None, family, [("", str(e))]
     problems += config.validate()
     _check_names(config, request, problems)
     pending = {"train_data_dir", "pretrained_model_name_or_path", "checkpoint", "sample_prompts"}
-    problems = [p for p in _dedupe(problems) if p[0] not in pending]
+    return config, family, [p for p in _dedupe(problems) if p[0] not in pending]
+
+
+def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[tuple[str, str]]]:
+    """(plan, problems) for the UI's live plan: the same layering and checks, without the parts a
+    form being filled in cannot pass yet (no dataset, no checkpoint), no seed drawn, no file read."""
+    from .train.plan import make_plan
+
+    config, family, problems = preview_config(request, host)
+    if config is None:
+        return None, problems
     if scan is None or any(k in ("resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
                                  "max_train_epochs") for k, _ in problems):
         return None, problems

@@ -20,6 +20,10 @@ class Host:
     # WebUI's own device, inside its process)
     can_launch_processes = False
 
+    def language(self) -> str:
+        """The UI's language ("en", "zh-TW"): the app's --lang, the WebUI's Localization setting."""
+        return getattr(self, "lang", None) or "en"
+
     def gpu_choices(self) -> list[str]:
         """GPUs a run may be spread over ("index: name (memory)"); [] where the host decides."""
         if not self.can_launch_processes:

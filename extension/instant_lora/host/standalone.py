@@ -22,8 +22,10 @@ class StandaloneHost(Host):
 
     def __init__(self, models_dir: str | Path | None = None, lora_dir: str | Path | None = None,
                  data_dir: str | Path | None = None, webui_dir: str | None = None, *,
-                 search_home: str | Path | None = None, search_near: list | None = None):
+                 search_home: str | Path | None = None, search_near: list | None = None, lang: str | None = None):
         root = find_webui_root(webui_dir)
+        self.lang = lang  # --lang; None: English, or the browser's language where Gradio can follow it
+        self.follows_browser_language = lang is None
         self.webui_root = root
         self.models_dir = model_sources.default_models_dir(models_dir, root)
         # where else checkpoints are looked for (model_sources.search_places): the home folder and

@@ -160,3 +160,14 @@ def gather_dicts(part: dict) -> dict:
     for d in every:
         out.update(d)
     return out
+
+
+def gather_lists(part: list) -> list:
+    """Every rank's list, concatenated in rank order (small lists of numbers: they travel pickled)."""
+    if world_size() < 2:
+        return list(part)
+    import torch.distributed as dist
+
+    every = [None] * world_size()
+    dist.all_gather_object(every, list(part))
+    return [item for got in every for item in got]

@@ -19,6 +19,8 @@ torch) sits beside it for the loop and the UI.
 
 from __future__ import annotations
 
+from ..i18n import t  # marks the words the UI translates; the text stays English here
+
 import json
 import math
 import os
@@ -184,12 +186,13 @@ class Estimate:
     def lines(self, markdown: bool = False) -> list[str]:
         b = "**" if markdown else ""
         parts = [f"{self.steps:,} steps x ~{format_seconds(self.step.seconds)}/step"]
-        parts.append(f"loading ~{format_duration(self.load_s)}")
+        parts.append(t("loading ~{duration}", duration=format_duration(self.load_s)))
         if self.num_latents:
-            parts.append(f"caching {self.num_latents} latents ~{format_duration(self.cache_s)}")
+            parts.append(t("caching {count} latents ~{duration}", count=self.num_latents, duration=format_duration(self.cache_s)))
         if self.sample_s:
-            parts.append(f"samples ~{format_duration(self.sample_s)}")
-        lines = [f"time: {b}{self.short()}{b} = {' + '.join(parts)}",
+            parts.append(t("samples ~{duration}", duration=format_duration(self.sample_s)))
+        short = f"**{self.short()}**" if markdown else self.short()
+        lines = [f"estimated time: {short} = {' + '.join(parts)}",
                  f"s/step: {self.step.source}; {self.model_note}. Approximate: drivers, attention kernels "
                  f"and other programs change it; the log shows the real speed after the first steps."]
         if self.device.kind == "cpu" and self.takes_hours:

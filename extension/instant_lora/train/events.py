@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -35,6 +35,20 @@ class Step:
     avg_loss: float
     lr: float
     seconds: float  # since training (not loading) started
+    # Every image of this step (all micro-batches, all processes), in order: the timestep drawn for
+    # it and its own plain MSE (no prior or Min-SNR weighting). Defaults keep older readers working.
+    timesteps: list = field(default_factory=list)
+    sample_losses: list = field(default_factory=list)
+    text_encoder_lr: float | None = None  # the (first) text encoder's, when it is trained
+
+
+@dataclass
+class Movement:
+    """How far each block's LoRA has moved, {block label: norm of scale·up·down}, after `step`
+    (lora/movement.py). Sent before the first step (all zeros, or a resumed run's weights), every
+    few steps, and at the last step, whose numbers are the saved file's."""
+    step: int
+    blocks: dict
 
 
 @dataclass
@@ -232,7 +246,7 @@ class JsonlSink:
             self.failed = True
         record = {"event": type(event).__name__.lower(), "time": round(time.time(), 3), **asdict(event)}
         # NaN/inf losses are written as null: the log stays valid JSON for every reader.
-        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        record = {k: json_safe(v) for k, v in record.items()}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
@@ -242,27 +256,70 @@ class JsonlSink:
             remove_log(self.path, self.created)
 
 
+def json_safe(value):
+    """`value` with every non-finite float (also inside lists and dicts) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value
+
+
+TIMESTEP_BIN = 100  # loss_by_timestep/<bin>: the images of a step grouped by 100 timesteps
+
+
 class TensorBoardSink:
     """Scalars per step. The event file (and its folder) is created at the first step, so a run
-    that never trained leaves no empty TensorBoard run behind."""
+    that never trained leaves no empty TensorBoard run behind.
 
-    def __init__(self, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+    Besides loss and learning rates: `timestep/mean` (this step's draws), `loss_by_timestep/000-099`
+    ... `900-999` (the mean loss of this step's images whose timestep fell in that range: one curve
+    per noise level, which shows why the raw loss jumps: small timesteps always lose more) and
+    `movement/<block>` (how far each block's LoRA has moved)."""
 
+    def __init__(self, log_dir: Path, writer_class=None):
+        if writer_class is None:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            writer_class = SummaryWriter
         self.log_dir = Path(log_dir)
-        self._writer_class = SummaryWriter
+        self._writer_class = writer_class
         self.writer = None
+        self._waiting: list = []  # the movement before the first step: written with that step
+
+    def _open(self):
+        if self.writer is None:
+            self.writer = self._writer_class(log_dir=str(self.log_dir))
+            for event in self._waiting:
+                self._movement(event)
+            self._waiting = []
+        return self.writer
+
+    def _movement(self, event) -> None:
+        for block, norm in event.blocks.items():
+            self.writer.add_scalar(f"movement/{block}", norm, event.step)
 
     def __call__(self, event) -> None:
         if isinstance(event, Step):
+            w = self._open()
+            w.add_scalar("loss/current", event.loss, event.step)
+            w.add_scalar("loss/average", event.avg_loss, event.step)
+            w.add_scalar("lr/unet", event.lr, event.step)
+            if event.text_encoder_lr is not None:
+                w.add_scalar("lr/text_encoder", event.text_encoder_lr, event.step)
+            if event.timesteps:
+                w.add_scalar("timestep/mean", sum(event.timesteps) / len(event.timesteps), event.step)
+            for tag, loss in loss_by_timestep(event.timesteps, event.sample_losses).items():
+                w.add_scalar(f"loss_by_timestep/{tag}", loss, event.step)
+        elif isinstance(event, Movement):
             if self.writer is None:
-                self.writer = self._writer_class(log_dir=str(self.log_dir))
-            self.writer.add_scalar("loss/current", event.loss, event.step)
-            self.writer.add_scalar("loss/average", event.avg_loss, event.step)
-            self.writer.add_scalar("lr/unet", event.lr, event.step)
+                self._waiting.append(event)
+            else:
+                self._movement(event)
         elif isinstance(event, Validation):
-            if self.writer is None:
-                self.writer = self._writer_class(log_dir=str(self.log_dir))
+            self._open()
             self.writer.add_scalar("loss/validation", event.loss, event.step)
             if event.divergence is not None:
                 self.writer.add_scalar("loss/validation_divergence", event.divergence, event.step)
@@ -270,6 +327,17 @@ class TensorBoardSink:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def loss_by_timestep(timesteps, losses, width: int = TIMESTEP_BIN) -> dict:
+    """{"000-099": mean loss, ...} of the finite (timestep, loss) pairs, by ranges of `width` timesteps."""
+    bins: dict = {}
+    for t, loss in zip(timesteps or [], losses or []):
+        if loss is None or not math.isfinite(loss):
+            continue
+        low = int(t) // width * width
+        bins.setdefault(low, []).append(loss)
+    return {f"{low:03d}-{low + width - 1:03d}": sum(v) / len(v) for low, v in sorted(bins.items())}
 
 
 def _missing_folders(folder: Path) -> list[Path]:

@@ -84,17 +84,26 @@ def config_toml(prepared) -> str:
     return "\n".join(lines) + "\n"
 
 
-_EVENTS = {cls.__name__.lower(): cls for cls in (ev.Status, ev.Warn, ev.Step, ev.Validation, ev.Saved, ev.Sample,
-                                                   ev.Finished, ev.Cancelled, ev.Failed)}
+_EVENTS = {cls.__name__.lower(): cls for cls in (ev.Status, ev.Warn, ev.Step, ev.Movement, ev.Validation, ev.Saved,
+                                                   ev.Sample, ev.Finished, ev.Cancelled, ev.Failed)}
+
+
+def _nan_for_null(value):
+    return math.nan if value is None else value
 
 
 def event_of(record: dict):
-    """The event a JSONL record was written from (None for a record of another kind)."""
+    """The event a JSONL record was written from (None for a record of another kind). A null the
+    log wrote for a NaN loss or movement is NaN again."""
     cls = _EVENTS.get(record.get("event"))
     if cls is None:
         return None
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: (math.nan if v is None and k in ("loss", "avg_loss") else v) for k, v in record.items() if k in names}
+    if isinstance(values.get("sample_losses"), list):
+        values["sample_losses"] = [_nan_for_null(v) for v in values["sample_losses"]]
+    if cls is ev.Movement and isinstance(values.get("blocks"), dict):
+        values["blocks"] = {k: _nan_for_null(v) for k, v in values["blocks"].items()}
     try:
         return cls(**values)
     except TypeError:

@@ -14,9 +14,16 @@ from pathlib import Path
 
 from ..errors import InstantLoraError
 from . import distributed
-from .events import Cancelled, Emitter, Failed, Finished, RunStopped, Sample, Status, Step, TrainControl, Validation, Warn
+from .events import (Cancelled, Emitter, Failed, Finished, Movement, RunStopped, Sample, Status, Step, TrainControl, Validation,
+                     Warn)
 
 NAN_PATIENCE = 5  # consecutive non-finite losses before the run stops (fp16 overflow, bad data)
+MOVEMENT_REPORTS = 40  # about this many Movement events a run (plus the one before the first step)
+
+
+def movement_every(total_steps: int) -> int:
+    """Steps between two reports of how far each block's LoRA has moved (the last step always reports)."""
+    return max(1, int(total_steps) // MOVEMENT_REPORTS)
 
 
 @dataclass
@@ -51,6 +58,9 @@ class Run:
         self.output_dir = Path(self.plan.output_dir)
         self.output_name = self.plan.output_name
         self.logging_dir = Path(self.plan.logging_dir)
+        self.draws: list = []  # (timestep, plain loss) of each image of the micro-batch just run
+        self._movement_layers: dict | None = None
+        self._movement_step: int | None = None
 
     def enter(self, stage: str) -> None:
         self.control.check(self.stage)
@@ -316,7 +326,21 @@ class Run:
     def _batch_loss(self, samples, micro_index: int):
         from .objective import batch_loss
 
-        return batch_loss(self, samples, micro_index, self.epoch)
+        return batch_loss(self, samples, micro_index, self.epoch, record=self.draws)
+
+    def report_movement(self, step: int) -> None:
+        """A Movement event for the weights as they are after `step` (the main process; once a step)."""
+        if not distributed.is_main() or self._movement_step == step:
+            return
+        from ..lora import movement
+
+        if self._movement_layers is None:
+            from ..lora.kohya_file import named_layers
+
+            self._movement_layers = named_layers(self.model.unet, self.trained_encoders())  # the saved file's modules
+        blocks = movement.from_named_layers(self._movement_layers, movement.layers_per_block(self.model.unet))
+        self._movement_step = step
+        self.emit(Movement(step=step, blocks=blocks))
 
     def latents_of_validation(self, sample):
         """A held-out image's latents: cached with the rest, else encoded now (centre crop, not mirrored)."""
@@ -362,6 +386,8 @@ class Run:
             te.train()
         self.enter("training")
         self.emit(Status(f"training from step {step} to {plan.max_train_steps}" if step else "training..."))
+        self.report_movement(step)  # zero before the first step (up starts at zero); a resumed run's own
+        every = movement_every(plan.max_train_steps)
         if plan.samples_at(0) and step == 0:
             self._sample(0)
         while step < plan.max_train_steps and not cancelled:
@@ -370,17 +396,21 @@ class Run:
             first = (step - epoch * plan.steps_per_epoch) * per_step
             for b in range(first, len(batches), per_step):
                 group = batches[b:b + per_step]
-                step_loss = 0.0
+                step_loss, draws = 0.0, []
                 for j, idx in enumerate(group):
                     if j % procs != me:  # another process's micro-batch (the same index = the same noise)
                         continue
                     micro = (epoch * plan.batches_per_epoch) + b + j
+                    self.draws = []
                     loss = self._batch_loss([data.samples[i] for i in idx], micro)
                     self.accelerator.backward(loss / len(group))
                     step_loss += float(loss.detach()) / len(group)
+                    draws.extend((j, t, x) for t, x in self.draws)
                 if procs > 1:
                     distributed.sum_gradients(params)
                     step_loss = distributed.sum_value(step_loss)
+                    draws = distributed.gather_lists(draws)  # every process's images, for the main one's Step
+                draws.sort(key=lambda d: d[0])  # in micro-batch order, as one process would have run them
                 if cfg.max_grad_norm > 0:
                     self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 self.optimizer.step()
@@ -397,9 +427,14 @@ class Run:
                                            hint="lower the learning rate, or use --mixed_precision=bf16 (or no) instead of fp16")
                 losses.append(step_loss)
                 recent = [x for x in losses[-50:] if x == x]
+                lrs = self.scheduler.get_last_lr()
                 self.emit(Step(step=step, total=plan.max_train_steps, epoch=epoch + 1, loss=step_loss,
-                               avg_loss=sum(recent) / max(len(recent), 1), lr=self.scheduler.get_last_lr()[0],
-                               seconds=time.time() - self.t0))
+                               avg_loss=sum(recent) / max(len(recent), 1), lr=lrs[0], seconds=time.time() - self.t0,
+                               timesteps=[int(t) for _, t, _ in draws], sample_losses=[float(x) for _, _, x in draws],
+                               text_encoder_lr=lrs[1] if len(lrs) > 1 else None))
+                # not while the loss is NaN/inf (the weights' numbers say nothing then; the run stops if it lasts)
+                if (step % every == 0 and not bad_streak) or step >= plan.max_train_steps:
+                    self.report_movement(step)
                 if plan.validates_at(step):
                     self._validate(step, epoch + 1, losses)
                 if step >= plan.max_train_steps:
@@ -427,6 +462,7 @@ class Run:
         writes nothing into the Lora folder."""
         step, path = self.step, None
         if step > self.start_step:
+            self.report_movement(step)  # the numbers of the file saved now
             path = self.save(f"{self.output_name}-step{step:08d}", step, step // self.plan.steps_per_epoch, "cancelled")
         self.emit(Cancelled(path=str(path) if path else None, steps=step, seconds=time.time() - self.t0, stage=self.stage))
         return TrainResult(path=path, saved=self.saved, steps=step, losses=losses, cancelled=True, plan=self.plan)

@@ -138,11 +138,12 @@ def diffusion_loss(run, latents, cond, g, weights=None, timesteps=None, sizes=No
     return loss, timesteps
 
 
-def batch_loss(run, samples, micro_index: int, epoch: int = 0):
+def batch_loss(run, samples, micro_index: int, epoch: int = 0, record: list | None = None):
     """Mean diffusion loss of one micro-batch: latents (cached or encoded now), the step's
     captions, noise and timesteps drawn from (seed, micro-batch index), the UNet's noise
     prediction, MSE per image, regularization images weighted by --prior_loss_weight,
-    optionally min-SNR weighted."""
+    optionally min-SNR weighted. `record` (a list) gets one (timestep, plain MSE) pair per image:
+    its own loss before any weighting, what the live view plots against the timestep."""
     import torch
 
     cfg, plan = run.config, run.plan
@@ -152,10 +153,13 @@ def batch_loss(run, samples, micro_index: int, epoch: int = 0):
     weights = None
     if any(s.is_reg for s in samples):
         weights = torch.tensor([cfg.prior_loss_weight if s.is_reg else 1.0 for s in samples])
-    loss, timesteps = diffusion_loss(run, latents, cond, rng(plan.seed, 2, micro_index), weights,
-                                     sizes=size_ids(samples, flips, crops))
+    plain, timesteps = diffusion_loss(run, latents, cond, rng(plan.seed, 2, micro_index),
+                                      sizes=size_ids(samples, flips, crops))
+    loss = plain if weights is None else plain * weights.to(plain.device)  # the same product diffusion_loss makes
     if cfg.min_snr_gamma:
         loss = loss * min_snr_weights(run.model.noise_scheduler, timesteps, cfg.min_snr_gamma)
+    if record is not None:
+        record.extend(zip(timesteps.detach().cpu().tolist(), plain.detach().float().cpu().tolist()))
     return loss.mean()
 
 

@@ -51,6 +51,7 @@ class TrainPlan:
     cache_latents: bool = True
     model_path: str = ""  # the base model as the config names it (its size scales the estimate)
     data_lines: tuple = ()  # the bucket table, the reg balance, the validation split (train.data)
+    buckets: tuple = ()  # (width, height) of each bucket trained (over all datasets), in the bucket table's order
     validation_steps: tuple = ()  # steps after which the validation loss is measured
     reg_per_epoch: int = 0  # regularization entries among num_train_images
     batch_sizes: tuple = ()  # per dataset of a dataset TOML, when they differ
@@ -211,6 +212,7 @@ def make_plan(config, num_images: int = 0, num_train_images: int = 0, *, cuda: b
         cache_latents=bool(config.cache_latents or config.cache_latents_to_disk),
         model_path=str(config.pretrained_model_name_or_path or ""),
         data_lines=tuple(data.lines()) if data is not None else (),
+        buckets=tuple(dict.fromkeys(tuple(row[0]) for row in data.bucket_rows())) if data is not None else (),  # once each
         reg_per_epoch=data.reg_per_epoch if data is not None else 0,
         batch_sizes=tuple(data.batch_sizes) if data is not None and len(set(data.batch_sizes)) > 1 else (),
         family=family, text_encoder_lr2=config.text_encoder_lr2, processes=processes,

@@ -11,7 +11,7 @@ build_ui is called, so the WebUI can import the extension cheaply.
 """
 
 
-def build_ui(host, job=None):
+def build_ui(host, job=None, lang=None):
     from .wiring import build_ui as _build
 
-    return _build(host, job)
+    return _build(host, job, lang)

@@ -15,6 +15,7 @@ from ..errors import InstantLoraError
 from . import testing
 from .compat import every, gradio_major, quiet, updates, upload_paths
 from .fields import BUCKET_FIELDS, initial_values
+from .handlers import anatomy as anatomy_handlers
 from .handlers import buckets as bucket_handlers
 from .handlers import dataset as dataset_handlers
 from .handlers import error_message
@@ -41,18 +42,25 @@ def _shown(e: Exception) -> str:
     return error_message(e)
 
 
-def build_ui(host, job=None):
-    """The whole app as a gr.Blocks. `host` supplies folders, checkpoints and the GPU hand-off."""
-    import gradio as gr
+def build_ui(host, job=None, lang=None):
+    """The whole app as a gr.Blocks. `host` supplies folders, checkpoints and the GPU hand-off;
+    `lang` the page's language (default: the host's, e.g. the WebUI's Localization setting)."""
+    import gradio as real_gr
 
+    from ..i18n import normalize, translate
     from ..jobs import current_job
+    from .localized import LocalizedGradio, browser_i18n, localize_events, request_language
 
     job = job or current_job()
+    lang = normalize(lang if lang is not None else host_language(host))
+    # The standalone app without --lang follows the browser's language where Gradio can (gr.I18n).
+    follow = browser_i18n(real_gr) if lang == "en" and getattr(host, "follows_browser_language", False) else None
+    gr = LocalizedGradio(real_gr, (lambda s: translate(s, lang)) if lang != "en" else follow[1] if follow else None)
     # The parameter count needs SD1.5's skeleton (a few seconds to build): warm it up now.
     threading.Thread(target=run_handlers.lora_parameter_count, args=(16, "default", True), daemon=True).start()
     with gr.Blocks(title="Instant LoRA", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
-        ctx = BuildContext(host=host, job=job, demo=demo, form=initial_values())
+        ctx = BuildContext(host=host, job=job, demo=demo, form=initial_values(), lang=lang)
         ds = dataset_section.build(gr, ctx)
         md = model_section.build(gr, ctx)
         tr = train_section.build(gr, ctx)
@@ -64,7 +72,19 @@ def build_ui(host, job=None):
         _wire_dataset(gr, ctx, ds, md, run)
         _wire_train(gr, ctx, tr, rs, run)
         _wire_test(gr, ctx, md, rs, ts)
+    demo.instant_lora_texts = gr.seen  # the page's English texts, for the catalogue's tests
+    demo.instant_lora_lang = lang
+    demo.instant_lora_i18n = follow[0] if follow else None  # for launch(i18n=...)
+    localize_events(demo, real_gr, request_language if follow else lang)
     return demo
+
+
+def host_language(host) -> str:
+    """The language the host asks for ("en" when it has no say)."""
+    try:
+        return host.language()
+    except Exception:  # an older host object, or the WebUI's option unreadable: English
+        return "en"
 
 
 class _RunInputs:
@@ -77,6 +97,8 @@ class _RunInputs:
                            *md.fields.values()]
         self.plan_inputs = [ds.scan, *self.components]
         self.plan = md.plan
+        self.anatomy = md.anatomy
+        self.lang = None  # the page's language for the panel's words (_wire_model sets it)
 
     def form(self, folder, checkpoint, preset, overwrite, sample_text, sample_every, gpus, *values) -> run_handlers.RunForm:
         return run_handlers.RunForm(fields=dict(zip(self.names, values)), dataset_dir=folder or "", checkpoint=checkpoint,
@@ -86,16 +108,24 @@ class _RunInputs:
     def update_plan(self, scan, *values):
         return run_handlers.live_plan(self.host, self.form(*values), scan)
 
+    def update_anatomy(self, scan, *values):
+        """The "What will be trained" panel: from the same inputs as the plan, on the same events."""
+        return anatomy_handlers.anatomy_html(self.host, self.form(*values), scan, lang=self.lang)
+
     def then_update_plan(self, gr, dependency) -> None:
         dependency.then(self.update_plan, self.plan_inputs, [self.plan], **quiet(gr))
+        dependency.then(self.update_anatomy, self.plan_inputs, [self.anatomy], **quiet(gr))
 
 
 def _wire_model(gr, ctx, md, tr, run):
     host = ctx.host
     _wire_base_models(gr, ctx, md)  # first: its page-load refresh is quick, the plan's may wait for a model skeleton
+    run.lang = getattr(ctx, "lang", None)
     for component in [md.checkpoint, *md.fields.values(), tr.sample_text, tr.sample_every, tr.gpus]:
         component.change(run.update_plan, run.plan_inputs, [md.plan], **quiet(gr))
+        component.change(run.update_anatomy, run.plan_inputs, [md.anatomy], **quiet(gr))
     ctx.demo.load(run.update_plan, run.plan_inputs, [md.plan], show_progress="hidden")
+    ctx.demo.load(run.update_anatomy, run.plan_inputs, [md.anatomy], show_progress="hidden")
 
     def apply_preset(name):
         try:
@@ -270,7 +300,7 @@ def _wire_train(gr, ctx, tr, rs, run):
     # is changed in place: Gradio 3's `every` calls the function again and again with the inputs it
     # had at the start, so a new value returned into the State would never reach it.
     page = gr.State({})
-    outputs = [tr.progress, tr.loss_chart, tr.samples, tr.log, rs.result, rs.tag, page]
+    outputs = [tr.progress, tr.loss_chart, tr.samples, tr.log, rs.result, rs.tag, tr.mechanism, page]  # POLLED's order
 
     def poll(record=None):
         values, seen = progress_handlers.poll(job, record.get("seen") if record else None)

@@ -18,7 +18,8 @@ cmd_opts = argparse.Namespace(
     lyco_dir_backcompat=os.path.join(paths.models_path, "LyCORIS"), api=False, api_auth=None, gradio_auth=None,
     listen=False, lowvram=False, medvram=False, skip_install=False, nowebui=False,
 )
-opts = options.Options()
+# The WebUI's own options the extension reads (shared_options.py): "None" or a localizations/*.json stem.
+opts = options.Options({"localization": OptionInfo("None", "Localization")})
 state = shared_state.State()
 device = "cuda"
 demo = None

@@ -291,6 +291,13 @@ class WebUIHost(Host):
             send.click(fn=None, inputs=[cell_infotext], outputs=None, **js_kwargs(gr, "instantLoraSendInfotextToTxt2img"))
 
     # ---- settings the tab and the REST routes use ------------------------------------------
+    def language(self) -> str:
+        """The WebUI's Settings > User interface > Localization ("zh_TW" -> "zh-TW"; "None" -> "en").
+        Changing it needs Reload UI, which builds the tab again in the new language."""
+        from ...i18n import normalize
+
+        return normalize(getattr(self.shared.opts, "localization", None))
+
     def request_defaults(self) -> dict:
         """The Settings' sample prompts, under what a request or its preset sets."""
         text, every = self.sample_defaults()

@@ -5,6 +5,7 @@ panel's are in `ui.testing`. The wiring calls them and turns their results into 
 from __future__ import annotations
 
 from ...errors import InstantLoraError
+from ...i18n import t
 
 
 def error_message(e: Exception) -> str:
@@ -24,7 +25,8 @@ def problems_message(problems, hint: str | None = None, title: str = "Cannot sta
 
     lines = [f"**{title}**"]
     for name, message in problems:
-        lines.append(f"- **{label_for(name)}** (`{name}`) {message}" if name else f"- {message}")
+        lines.append("- " + (t("**{label}** (`{name}`) {message}", label=label_for(name), name=name, message=message)
+                             if name else message))
     if hint:
         lines.append(f"\n{hint}")
     return "\n".join(lines)

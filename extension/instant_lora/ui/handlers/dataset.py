@@ -14,6 +14,7 @@ from pathlib import Path
 from ...config import is_safe_name
 from ...dataset import IMAGE_EXTENSIONS, caption_extension_problem, load_image, read_caption, scan_dataset
 from ...errors import InstantLoraError
+from ...i18n import t
 from . import buckets as bucket_view
 
 THUMB_SIDE = 256  # px: the gallery's tiles are smaller
@@ -125,7 +126,9 @@ def caption_checks(folder, caption_extension: str, trigger: str = "", root: Path
     for issue in report.issues:
         names = [_rel(Path(p), root) for p in issue.paths[:LISTED]]
         more = f" and {len(issue.paths) - LISTED} more" if len(issue.paths) > LISTED else ""
-        out.append(issue.message + (f": {', '.join(names)}{more}" if names else ""))
+        # the linter's sentence and the files apart, so each is one catalogue entry
+        out.append(t("{message}. Files: {files}", message=issue.message, files=", ".join(names) + more) if names
+                   else issue.message)
     return out
 
 

@@ -43,9 +43,14 @@ def empty_message(host) -> str:
     from ...model_sources import searched_summary
 
     also = searched_summary(places)
-    get = f", or press **{download_label()}**" if host.can_download_models else ""
-    return (f"No checkpoint found: put an SD1.x, SD2.x or SDXL `.safetensors` file into `{folder}` (the folder this app reads) and "
-            f"press Refresh{get}" + (f" (also searched: {also})." if also else "."))
+    # whole sentences, each one catalogue entry: a translation never has to split a sentence
+    sentences = [f"No checkpoint found: put an SD1.x, SD2.x or SDXL `.safetensors` file into `{folder}` (the folder "
+                 "this app reads) and press Refresh."]
+    if host.can_download_models:
+        sentences.append(f"Or press **{download_label()}** to download it.")
+    if also:
+        sentences.append(f"Also searched: {also}.")
+    return " ".join(sentences)
 
 
 def models_view(host, current: str | None = None, message: str = "") -> ModelsView:

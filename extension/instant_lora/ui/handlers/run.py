@@ -5,13 +5,13 @@ plan is the one source, so the form says what the run does."""
 from __future__ import annotations
 
 import sys
-import threading
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from ...errors import InstantLoraError
+from ...i18n import t
 from ...request import RunRequest, prepare_run, preview_plan
 from ..fields import FORM_ONLY_DEFAULTS, shown_value, starting_values, user_values
 from . import error_message, problems_message
@@ -165,15 +165,15 @@ def live_plan(host, form: RunForm, scan) -> str:
     if plan is not None:
         # a preview draws no seed: "a random seed" unless the form sets one
         lines += describe(plan, estimate=_estimate(plan), markdown=True)
-        lines.append(f"writes `{plan.final_path()}`")
-        lines += [f"note: {warning}" for warning in plan.warnings]
+        lines.append(t("writes `{path}`", path=plan.final_path()))
+        lines += [t("note: {warning}", warning=warning) for warning in plan.warnings]
         if (form.sample_text or "").strip() and not plan.sample_steps:
             lines.append("sample prompts are set, but Sample every N steps is 0: no samples")
     elif scan is None:
         lines.append("Load a dataset to see the steps, epochs, saves and about how long it takes.")
     lines.append(parameters_line(form, host))
     if problems:
-        lines.append(problems_message(problems, title="fix:"))
+        lines.append(problems_message(problems, title=t("fix:")))
     return "\n\n".join(line for line in lines if line)
 
 
@@ -205,25 +205,22 @@ def effective_values(form: RunForm, host) -> dict:
 
 
 def parameters_line(form: RunForm, host) -> str:
-    from ...config import TrainConfig
+    """The trainable parameters against the base model, counted as the "What will be trained"
+    panel counts them (lora.anatomy, on the model the run would load)."""
+    from .anatomy import form_anatomy
 
-    values = effective_values(form, host)
     try:
-        config = TrainConfig(network_dim=values["network_dim"], network_args=values["network_args"],
-                             network_alpha=values["network_alpha"], network_train_unet_only=values["network_train_unet_only"])
-        rank, preset, alpha = config.rank, config.preset, float(config.network_alpha)
-    except (InstantLoraError, TypeError, ValueError):
-        return ""
-    if not (1 <= rank <= 1024) or preset not in ("default", "attn-only") or alpha <= 0:
+        anatomy, settings = form_anatomy(host, form)
+    except InstantLoraError:
         return ""  # the problems say why
-    family = checkpoint_family(form, host)
-    try:
-        trainable, base = lora_parameter_count(rank, preset, not config.network_train_unet_only, family)
     except Exception as e:  # diffusers missing or broken: the rest of the plan still shows
         return f"trainable parameters: unknown ({error_message(e)})"
-    encoders = "UNet + 2 text encoders" if family == "sdxl" else "UNet + text encoder"
-    return (f"trainable: **{trainable / 1e6:.2f} M** parameters = {100 * trainable / base:.2f}% of {FAMILY_BASE[family]}'s "
-            f"{base / 1e6:.0f} M ({encoders}); LoRA scale alpha/rank = {alpha / rank:.3g}")
+    if anatomy is None or settings.alpha is None:
+        return ""  # the problems say why
+    encoders = "UNet + 2 text encoders" if settings.family == "sdxl" else "UNet + text encoder"
+    return (f"trainable: **{anatomy.trainable / 1e6:.2f} M** parameters = {100 * anatomy.share:.2f}% of "
+            f"{FAMILY_BASE[settings.family]}'s {anatomy.base / 1e6:.0f} M ({encoders}); "
+            f"LoRA scale alpha/rank = {anatomy.scale:.3g}")
 
 
 FAMILY_BASE = {"sd1": "SD1.5", "sd2": "SD2.x", "sdxl": "SDXL"}
@@ -253,53 +250,15 @@ def _family_of(path: str, size: int, mtime_ns: int) -> str:
         return "sd1"
 
 
-_COUNT_LOCK = threading.Lock()  # one count at a time: diffusers' lazy imports are not thread-safe
-
-
 def lora_parameter_count(rank: int, preset: str, train_text_encoder: bool, family: str = "sd1") -> tuple[int, int]:
     """(trainable, base) parameters at this rank for the family's real architecture (SD1.5, SD2.x or
-    SDXL's bundled config), counted without loading or allocating weights."""
-    family = family if family in FAMILY_BASE else "sd1"
-    with _COUNT_LOCK:
-        unet_targets, te_targets, base = _skeleton(family, str(preset))
-    count = int(rank) * sum(unet_targets)
-    if train_text_encoder:
-        count += int(rank) * sum(te_targets)
-    return count, base
-
-
-@lru_cache(maxsize=8)
-def _skeleton(family: str, preset: str) -> tuple[tuple, tuple, int]:
-    """(in + out of each UNet LoRA target, the same for the text encoder(s)' targets, the base
-    parameters of UNet + text encoder(s)) for a family, from its bundled configs: once per family
-    and target preset (SDXL: 722 UNet + 72 + 192 text-encoder modules by default)."""
-    from ...heavy_imports import import_sd_libraries
-
-    import_sd_libraries()
-    import torch
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from ...lora.targets import text_encoder_targets, unet_targets
+    SDXL's bundled config), counted without loading or allocating weights (lora.anatomy)."""
+    from ...lora.anatomy import lora_anatomy
     from ...models import BUNDLED_CONFIGS
 
-    folder = BUNDLED_CONFIGS[family]
-    # torch.device("meta") is thread-local; accelerate's init_empty_weights patches torch for every
-    # thread and would put a concurrently training run's new LoRA layers on the meta device.
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(folder / "unet")))
-        encoders = [CLIPTextModel(CLIPTextConfig.from_pretrained(str(folder / "text_encoder")))]
-        if (folder / "text_encoder_2").is_dir():
-            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(str(folder / "text_encoder_2"))))
-
-    def sizes(model, names) -> tuple:
-        modules = dict(model.named_modules())
-        return tuple(modules[n].weight.shape[0] + modules[n].weight.shape[1] for n in names)
-
-    unet_sizes = sizes(unet, unet_targets(unet, preset))
-    te_sizes = tuple(n for te in encoders for n in sizes(te, text_encoder_targets(te, preset)))
-    base = sum(p.numel() for p in unet.parameters()) + sum(p.numel() for te in encoders for p in te.parameters())
-    return unet_sizes, te_sizes, base
+    family = family if family in FAMILY_BASE else "sd1"
+    anatomy = lora_anatomy(BUNDLED_CONFIGS[family], rank, str(preset), train_text_encoder)
+    return anatomy.trainable, anatomy.base
 
 
 # ---- presets and checkpoints --------------------------------------------------------------------------

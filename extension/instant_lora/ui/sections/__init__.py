@@ -15,3 +15,10 @@ class BuildContext:
     demo: object  # the gr.Blocks being built (hosts look components up by elem_id in it)
     form: dict  # initial form values (fields.initial_values())
     fields: dict = field(default_factory=dict)  # config field name -> component, filled in by the sections
+    lang: str = "en"  # the page's language: messages made while it runs are shown in it
+
+    def tr(self, message):
+        """A message made in English (a handler's, the trainer's), in the page's language."""
+        from ...i18n import translate
+
+        return translate(message, self.lang) if isinstance(message, str) else message

@@ -21,6 +21,7 @@ class ModelSection:
     overwrite: object
     plan: object
     preset_message: object
+    anatomy: object  # "What will be trained": the adapted modules and shapes (handlers.anatomy)
 
 
 def field_component(gr, name: str, label: str, value, **layout):
@@ -80,7 +81,9 @@ def build(gr, ctx) -> ModelSection:
         with gr.Accordion("Advanced", open=False, elem_id="il_advanced"):
             rows(gr, form_fields.ADVANCED_FIELDS, ctx.form, components)
         plan = gr.Markdown(elem_id="il_plan")
+        with gr.Accordion("What will be trained", open=False, elem_id="il_section_anatomy"):
+            anatomy = gr.HTML(elem_id="il_anatomy")
         preset_message = gr.Markdown(elem_id="il_preset_msg")
     ordered = {name: components[name] for name in form_fields.FORM_FIELDS}
     return ModelSection(checkpoint, refresh, models_message, download, preset, preset_name, save_preset, ordered, overwrite,
-                        plan, preset_message)
+                        plan, preset_message, anatomy)

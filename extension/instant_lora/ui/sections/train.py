@@ -1,4 +1,5 @@
-"""3. Train: start and cancel, progress, the loss chart, sample prompts and their images, the log."""
+"""3. Train: start and cancel, progress, the loss chart, the mechanism (loss against timestep, how far
+each block has moved), sample prompts and their images, the log."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ class TrainSection:
     message: object
     progress: object
     loss_chart: object
+    mechanism: object  # this step's timestep / loss / lr, loss against timestep, movement per block
     sample_text: object
     sample_every: object
     samples: object
@@ -38,6 +40,7 @@ def build(gr, ctx) -> TrainSection:
         message = gr.Markdown(elem_id="il_train_msg")
         progress = gr.HTML(progress_html(ctx.job.snapshot()), elem_id="il_progress")
         loss_chart = gr.HTML(elem_id="il_loss_chart")
+        mechanism = gr.HTML(elem_id="il_mechanism")
         with gr.Row():
             sample_text = gr.Textbox(label="Sample prompts", lines=2, elem_id="il_sample_prompts", scale=3,
                                      info="One per line, rendered with the LoRA as it trains (fixed seeds). Options: --n negative --s steps.")
@@ -45,4 +48,4 @@ def build(gr, ctx) -> TrainSection:
                                      info="0 = no samples; each sample costs a few seconds.")
         samples = gr.Gallery(label="Samples", columns=4, height=240, elem_id="il_samples")
         log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="il_log")
-    return TrainSection(start, cancel, gpus, message, progress, loss_chart, sample_text, sample_every, samples, log)
+    return TrainSection(start, cancel, gpus, message, progress, loss_chart, mechanism, sample_text, sample_every, samples, log)

@@ -90,7 +90,10 @@ def _strings(node: ast.AST, found: list) -> None:
         for v in node.values:
             _strings(v, found)
         return
-    if isinstance(node, ast.Tuple):  # (field, message) problems: the words are in its strings
+    if isinstance(node, (ast.ListComp, ast.GeneratorExp, ast.SetComp)):  # [f"..." for x in xs]
+        _strings(node.elt, found)
+        return
+    if isinstance(node, (ast.Tuple, ast.List)):  # (field, message) problems: the words are in its strings
         for v in node.elts:
             _strings(v, found)
         return
@@ -124,6 +127,8 @@ def messages_in(path: Path) -> list[str]:
                 for kw in node.keywords:
                     if kw.arg in MESSAGE_KWARGS:
                         _strings(kw.value, found)
+            elif shown and name == "join" and node.args:  # "; ".join(f"..." for ...)
+                _strings(node.args[0], found)
             elif shown and name in ("append", "extend", "insert") and isinstance(node.func, ast.Attribute):
                 owner = ast.unparse(node.func.value)
                 if LIST_NAMES.search(owner):
@@ -136,7 +141,7 @@ def messages_in(path: Path) -> list[str]:
                     if kw.arg in ("hint",):
                         _strings(kw.value, found)
         elif shown and isinstance(node, ast.Return) and node.value is not None:
-            values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+            values = node.value.elts if isinstance(node.value, (ast.Tuple, ast.List)) else [node.value]
             for v in values:
                 if id(v) not in docstrings:
                     _strings(v, found)
@@ -163,7 +168,8 @@ def is_message(text: str) -> bool:
     plain = re.sub(r"\{[^{}]*\}", "", text)
     if not _WORDS.search(plain):
         return False
-    if plain.lstrip().startswith(("<", "http", "--", "#!", "^", "(?", "pip install ")) or "\\d" in text or "<svg" in text \
+    if plain.lstrip().startswith(("<", "http", "#!", "^", "(?", "pip install ")) or "\\d" in text or "<svg" in text \
+            or (plain.lstrip().startswith("--") and " " not in plain.strip()) \
             or re.search(r"\d+px|rgba?\(|:\s*\d+px|;\s*[a-z-]+:", text):  # CSS
         return False
     return True

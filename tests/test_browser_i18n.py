@@ -87,6 +87,7 @@ def _open_with_dataset(page, url, folder):
 def _load(page, url, folder):
     page.goto(url)
     page.wait_for_selector("#il_start")
+    page.wait_for_function("() => /\\d+/.test((document.querySelector('#il_plan') || {}).innerText || '')")
     box = page.locator("#il_dataset_dir textarea, #il_dataset_dir input").first
     box.fill(str(folder))
     page.locator("#il_load_dataset").click()

@@ -130,7 +130,7 @@ def _patterns(lang: str) -> list:
                 groups.append(name)
                 regex += f"(?P<{group}>.*?)"
         try:
-            out.append((re.compile(regex + r"\Z", re.S), groups, value, literal))
+            out.append((re.compile(regex + r"\Z", re.S), groups, value, literal, ";" in key))
         except re.error:
             continue
     out.sort(key=lambda p: -p[3])
@@ -170,11 +170,13 @@ def _translate_one(text: str, lang: str, depth: int) -> str:
     stripped = text.strip()
     if stripped != text and stripped in entries:
         return text.replace(stripped, entries[stripped])
-    for pattern, names, value, _ in _patterns(lang):
+    for pattern, names, value, _, has_clauses in _patterns(lang):
         m = pattern.match(text)
         if not m:
             continue
         found = {}
+        if not has_clauses and any("; " in (m.group(f"g{i}") or "") for i in range(len(names))):
+            continue  # a value would swallow a clause of its own ("a; b"): the clauses are translated apart
         for i, name in enumerate(names):
             got = m.group(f"g{i}")
             found.setdefault(name, translate(got, lang, depth + 1) if got and not _is_data(got) else got)

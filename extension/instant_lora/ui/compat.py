@@ -51,6 +51,13 @@ def quiet(gr) -> dict:
     return kw
 
 
+def in_order(gr, group: str) -> dict:
+    """Event options that run every event of `group` one at a time, in the order they came (4.x+;
+    Gradio 3's queue already does). The page-load plan may still be building a model skeleton when
+    a dataset loads: the later answer must land last, not the slower one."""
+    return {"concurrency_id": group, "concurrency_limit": 1} if gradio_major(gr) >= 4 else {}
+
+
 def updates(gr, values: dict, names) -> tuple:
     """One update per output name, in order: the new value where `values` has one, else "leave
     it as it is" (nothing sent for it)."""

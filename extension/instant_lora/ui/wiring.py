@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InstantLoraError
 from . import testing
-from .compat import every, gradio_major, quiet, updates, upload_paths
+from .compat import every, gradio_major, in_order, quiet, updates, upload_paths
 from .fields import BUCKET_FIELDS, initial_values
 from .handlers import anatomy as anatomy_handlers
 from .handlers import buckets as bucket_handlers
@@ -113,8 +113,8 @@ class _RunInputs:
         return anatomy_handlers.anatomy_html(self.host, self.form(*values), scan, lang=self.lang)
 
     def then_update_plan(self, gr, dependency) -> None:
-        dependency.then(self.update_plan, self.plan_inputs, [self.plan], **quiet(gr))
-        dependency.then(self.update_anatomy, self.plan_inputs, [self.anatomy], **quiet(gr))
+        dependency.then(self.update_plan, self.plan_inputs, [self.plan], **quiet(gr), **in_order(gr, "il_plan"))
+        dependency.then(self.update_anatomy, self.plan_inputs, [self.anatomy], **quiet(gr), **in_order(gr, "il_anatomy"))
 
 
 def _wire_model(gr, ctx, md, tr, run):
@@ -122,10 +122,10 @@ def _wire_model(gr, ctx, md, tr, run):
     _wire_base_models(gr, ctx, md)  # first: its page-load refresh is quick, the plan's may wait for a model skeleton
     run.lang = getattr(ctx, "lang", None)
     for component in [md.checkpoint, *md.fields.values(), tr.sample_text, tr.sample_every, tr.gpus]:
-        component.change(run.update_plan, run.plan_inputs, [md.plan], **quiet(gr))
-        component.change(run.update_anatomy, run.plan_inputs, [md.anatomy], **quiet(gr))
-    ctx.demo.load(run.update_plan, run.plan_inputs, [md.plan], show_progress="hidden")
-    ctx.demo.load(run.update_anatomy, run.plan_inputs, [md.anatomy], show_progress="hidden")
+        component.change(run.update_plan, run.plan_inputs, [md.plan], **quiet(gr), **in_order(gr, "il_plan"))
+        component.change(run.update_anatomy, run.plan_inputs, [md.anatomy], **quiet(gr), **in_order(gr, "il_anatomy"))
+    ctx.demo.load(run.update_plan, run.plan_inputs, [md.plan], show_progress="hidden", **in_order(gr, "il_plan"))
+    ctx.demo.load(run.update_anatomy, run.plan_inputs, [md.anatomy], show_progress="hidden", **in_order(gr, "il_anatomy"))
 
     def apply_preset(name):
         try:

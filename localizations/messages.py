@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "extension" / "instant_lora"
 SKIP_FILES = {"selftest.py", "tiny.py"}  # developer tools, not the user's words
 # Modules whose returned and appended strings are what the UI shows.
-SHOWN_MODULES = ("ui/", "host/", "train/plan.py", "train/data.py", "train/estimate.py", "train/memory_estimate.py",
+SHOWN_MODULES = ("ui/", "host/", "model_family.py", "train/plan.py", "train/data.py", "train/estimate.py", "train/memory_estimate.py",
                  "request.py", "presets.py", "model_sources.py", "model_download.py")
-ERROR_CALLS = re.compile(r"(Error|Exception|Warn|Status|Failed|Unsupported\w*|Issue|Problem)$")
+ERROR_CALLS = re.compile(r"(Error|Exception|Warn|Status|Failed|Unsupported\w*|Issue|Problem|ModelFamily)$")  # ModelFamily: its reason
 MESSAGE_KWARGS = ("hint", "message", "title")
 LIST_NAMES = re.compile(r"(problems|warnings|lines|notes|messages|parts|out|hints|reasons|tips|sentences)$")
 TEMPLATE_MARK = "\0"

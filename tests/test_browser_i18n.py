@@ -129,7 +129,8 @@ def test_lang_zh_tw_leaves_no_english_label(base):
         left = _english_labels(page)
         assert not left, f"English left on the zh-TW page: {left[:8]}"
         plan = page.locator("#il_plan").last.inner_text()
-        assert "每輪" in plan or "步" in plan, plan[:300]
+        model_line = next(line for line in plan.splitlines() if line.startswith("模型："))
+        assert "每輪" in plan and "交叉注意力寬度" in model_line and "text encoder" not in model_line, plan[:600]
         anatomy = page.locator("#il_anatomy").last.inner_text()
         assert "潛空間" in anatomy and "→ 4×" in anatomy and "77×768" in anatomy, anatomy[:300]
         assert page.locator("#il_anatomy .il-anatomy").first.get_attribute("data-modules") == "264"  # SD1.5: 192 + 72

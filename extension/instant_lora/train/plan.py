@@ -233,7 +233,8 @@ def family_line(plan: TrainPlan) -> str:
                    "--text_encoder_lr trains them)")
                 + "; size/crop conditioning per image; clip skip does not apply")
     else:
-        cond = f"text: {encoders}" + ("" if f.name == "sd1" else " (its penultimate layer, as SD2 uses it)")
+        cond = (f"text encoder: {encoders}" if f.name == "sd1"
+                else f"text encoder: {encoders} (its penultimate layer, as SD2 uses it)")
     target = "v-prediction target" if f.prediction == "v" else "noise (epsilon) target"
     return f"model: {f.label} ({f.why}); {cond}; {target}; native size {f.default_resolution}x{f.default_resolution}"
 

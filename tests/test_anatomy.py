@@ -213,6 +213,7 @@ def test_the_page_has_the_panel_and_updates_it_with_the_plan(tmp_path):
     plan_events = [bf for bf in fns if getattr(getattr(bf, "fn", None), "__name__", "") == "update_plan"]
     assert len(found) == len(plan_events) > 5  # every event that redraws the plan redraws the panel
     fn, inputs = found[0]
-    html = fn(*[getattr(c, "value", None) for c in inputs])
+    plan, html = fn(*[getattr(c, "value", None) for c in inputs])  # one preview, both outputs
+    assert "trainable: **" in plan
     assert "class='il-anatomy'" in html and data(html, "rank") == str(actions.initial_values()["network_dim"])
     assert int(data(html, "modules")) > 0 and "data-block='IN01'" in html

@@ -3,6 +3,7 @@ page (and the plan and the "What will be trained" panel are in Chinese); without
 Gradio that can follow the browser (5.30+), a zh-TW browser gets the same page. Takes the
 screenshots of the panel in both languages (docs/ when INSTANT_LORA_DOCS_SHOTS=1)."""
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -61,18 +62,26 @@ def base(tmp_path_factory):
     return base
 
 
-def _serve(base, *flags):
-    return start_app(base, app_env(base), *flags)
-
-
-def _browser(locale):
+@contextlib.contextmanager
+def app_page(base, locale, *flags):
+    """The app started with `flags`, and a page of a browser whose language is `locale`:
+    (url, browser, page); both stopped afterwards."""
     from playwright.sync_api import sync_playwright
 
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-    page = browser.new_page(viewport={"width": 1280, "height": 1800}, locale=locale)
-    page.set_default_timeout(120_000)
-    return pw, browser, page
+    proc, log, url = start_app(base, app_env(base), *flags)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1800}, locale=locale)
+            page.set_default_timeout(120_000)
+            try:
+                yield url, browser, page
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
 
 
 def _open_with_dataset(page, url, folder):
@@ -122,9 +131,7 @@ def _english_labels(page):
 
 
 def test_lang_zh_tw_leaves_no_english_label(base):
-    proc, log, url = _serve(base, "--lang", "zh-TW")
-    pw, browser, page = _browser("zh-TW")
-    try:
+    with app_page(base, "zh-TW", "--lang", "zh-TW") as (url, _, page):
         _open_with_dataset(page, url, base / "photos")
         left = _english_labels(page)
         assert not left, f"English left on the zh-TW page: {left[:8]}"
@@ -135,28 +142,14 @@ def test_lang_zh_tw_leaves_no_english_label(base):
         assert "潛空間" in anatomy and "→ 4×" in anatomy and "77×768" in anatomy, anatomy[:300]
         assert page.locator("#il_anatomy .il-anatomy").first.get_attribute("data-modules") == "264"  # SD1.5: 192 + 72
         _shoot(page, "what-will-be-trained-zh-TW.png")
-    finally:
-        browser.close()
-        pw.stop()
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 def test_the_english_page_and_its_panel(base):
-    proc, log, url = _serve(base, "--lang", "en")
-    pw, browser, page = _browser("en-US")
-    try:
+    with app_page(base, "en-US", "--lang", "en") as (url, _, page):
         _open_with_dataset(page, url, base / "photos")
         anatomy = page.locator("#il_anatomy").last.inner_text()
         assert "latent" in anatomy and "×" in anatomy and not CJK.search(anatomy)
         _shoot(page, "what-will-be-trained-en.png")
-    finally:
-        browser.close()
-        pw.stop()
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 def test_without_lang_the_page_follows_a_zh_tw_browser(base):
@@ -164,9 +157,7 @@ def test_without_lang_the_page_follows_a_zh_tw_browser(base):
 
     if not hasattr(gradio, "I18n"):
         pytest.skip(f"Gradio {gradio.__version__} cannot follow the browser's language (5.30+ can); --lang zh-TW works")
-    proc, log, url = _serve(base)
-    pw, browser, page = _browser("zh-TW")
-    try:
+    with app_page(base, "zh-TW") as (url, browser, page):
         _open_with_dataset(page, url, base / "photos")
         assert page.locator("#il_start").last.inner_text().strip() == "開始訓練"
         left = _english_labels(page)
@@ -176,9 +167,3 @@ def test_without_lang_the_page_follows_a_zh_tw_browser(base):
         en.goto(url)
         en.wait_for_selector("#il_start")
         assert en.locator("#il_start").last.inner_text().strip() == "Start training"
-    finally:
-        browser.close()
-        pw.stop()
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()

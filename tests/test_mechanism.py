@@ -6,10 +6,12 @@ Train section's scatter and bars, and the result card's summary."""
 import io
 import json
 import math
+import re
 
 import pytest
 import torch
 from conftest import tiny_config
+from test_ui import SteppingJob
 
 from instant_lora.jobs import POINTS, JobSnapshot, TrainingJob, file_size
 from instant_lora.lora import movement
@@ -235,9 +237,9 @@ def test_mechanism_html_draws_the_points_the_current_step_and_the_bars():
     assert "data-current='2'" in html and html.count("class='il-now'") == 2  # step 41's two images
     assert html.count("h0") == 42  # one dot per image
     assert "Step 41: 2 images at timesteps 12, 700, mean loss 0.4750, learning rate 2.00e-04" in html
-    bars = dict(re_findall(r"data-block='(\w+)' data-value='([^']+)'", html))
+    bars = dict(re.findall(r"data-block='(\w+)' data-value='([^']+)'", html))
     assert bars == {"IN01": "0.02", "MID": "0", "OUT02": "0.08", "OUT03": "0.05", "TE": "0.01"}
-    widths = dict(re_findall(r"data-block='(\w+)' data-value='[^']+' x='\d+' y='[\d.]+' width='([\d.]+)'", html))
+    widths = dict(re.findall(r"data-block='(\w+)' data-value='[^']+' x='\d+' y='[\d.]+' width='([\d.]+)'", html))
     assert float(widths["OUT02"]) > float(widths["OUT03"]) > float(widths["IN01"]) > 0 == float(widths["MID"])
     assert "at step 40" in html and "that is normal, not a problem" in html and "learning your subject" in html
     one = progress.mechanism_html(JobSnapshot(step=1, lr=1e-4, points=[(1, 500, 0.2)], text_encoder_lr=5e-5))
@@ -248,25 +250,8 @@ def test_mechanism_html_draws_the_points_the_current_step_and_the_bars():
     assert "All zero before the first step" in zero
 
 
-def re_findall(pattern, text):
-    import re
-
-    return re.findall(pattern, text)
-
-
 def test_mechanism_is_sent_only_when_new_points_or_movement_arrived():
-    class Job:
-        def __init__(self):
-            self.snap = JobSnapshot(state="running", name="cat", total=10, started_at=1.0, version=1)
-
-        @property
-        def version(self):
-            return self.snap.version
-
-        def snapshot(self):
-            return self.snap
-
-    job = Job()
+    job = SteppingJob()
     values, seen = progress.poll(job, None)
     assert "mechanism" in values and "data-points='0'" in values["mechanism"]
     job.snap.log, job.snap.version = ["a line"], 2

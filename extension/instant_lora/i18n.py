@@ -137,6 +137,7 @@ def _patterns(lang: str) -> list:
     return out
 
 
+@lru_cache(maxsize=4096)  # the page sends the same lines again and again (legends, notes, labels)
 def translate(message: str, lang: str | None, _depth: int = 0) -> str:
     """A message made in English, in `lang`: an exact entry, else the most specific pattern that
     matches the whole message (what its placeholders matched translated in turn), else English.

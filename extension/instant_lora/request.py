@@ -415,17 +415,32 @@ def preview_config(request: RunRequest, host) -> tuple[TrainConfig | None, objec
     return config, family, [p for p in _dedupe(problems) if p[0] not in pending]
 
 
+@dataclass(frozen=True)
+class Preview:
+    """What a form being filled in would run: its config (None when it cannot be made), the
+    checkpoint's family, the plan (None before a dataset is loaded or while a value it needs is
+    wrong) and the problems. The live plan and the "What will be trained" panel share one."""
+    config: TrainConfig | None
+    family: object
+    plan: object | None
+    problems: list
+
+
 def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[tuple[str, str]]]:
-    """(plan, problems) for the UI's live plan: the same layering and checks, without the parts a
-    form being filled in cannot pass yet (no dataset, no checkpoint), no seed drawn, no file read."""
+    """(plan, problems) for the UI's live plan (see `preview`)."""
+    made = preview(request, host, scan)
+    return made.plan, made.problems
+
+
+def preview(request: RunRequest, host, scan) -> Preview:
+    """The request as the UI previews it: the same layering and checks as a run, without the parts
+    a form being filled in cannot pass yet (no dataset, no checkpoint), no seed drawn, no file read."""
     from .train.plan import make_plan
 
     config, family, problems = preview_config(request, host)
-    if config is None:
-        return None, problems
-    if scan is None or any(k in ("resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
-                                 "max_train_epochs") for k, _ in problems):
-        return None, problems
+    if config is None or scan is None or any(k in ("resolution", "train_batch_size", "gradient_accumulation_steps",
+                                                   "max_train_steps", "max_train_epochs") for k, _ in problems):
+        return Preview(config, family, None, problems)
     from .train.sampling import parse_prompt_text
 
     try:
@@ -457,4 +472,4 @@ def preview_plan(request: RunRequest, host, scan) -> tuple[object | None, list[t
         from dataclasses import replace
 
         plan = replace(plan, warnings=(*plan.warnings, mismatch))
-    return plan, problems
+    return Preview(config, family, plan, problems)

@@ -49,11 +49,8 @@ class LocalizedGradio:
             for key in _TEXT_KWARGS:
                 if key in kwargs:
                     kwargs[key] = self.words(kwargs[key])
-            if name in _FIRST_IS_LABEL:
-                if args:
-                    args[0] = self.words(args[0])
-                elif "label" in kwargs:
-                    pass  # done above
+            if name in _FIRST_IS_LABEL and args:  # gr.Accordion("title"); a label= keyword is done above
+                args[0] = self.words(args[0])
             elif name in _VALUE_IS_TEXT:
                 if args:
                     args[0] = self.words(args[0])
@@ -145,7 +142,7 @@ def _kind(component) -> str | None:
     return None
 
 
-_TEXT_NODE = __import__("re").compile(r">([^<>]+)<")
+_TEXT_NODE = re.compile(r">([^<>]+)<")
 
 
 def translate_html(html: str, lang: str, translate) -> str:

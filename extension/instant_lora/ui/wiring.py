@@ -15,7 +15,6 @@ from ..errors import InstantLoraError
 from . import testing
 from .compat import every, gradio_major, in_order, quiet, updates, upload_paths
 from .fields import BUCKET_FIELDS, initial_values
-from .handlers import anatomy as anatomy_handlers
 from .handlers import buckets as bucket_handlers
 from .handlers import dataset as dataset_handlers
 from .handlers import error_message
@@ -96,9 +95,7 @@ class _RunInputs:
         self.components = [ds.folder, md.checkpoint, md.preset, md.overwrite, tr.sample_text, tr.sample_every, tr.gpus,
                            *md.fields.values()]
         self.plan_inputs = [ds.scan, *self.components]
-        self.plan = md.plan
-        self.anatomy = md.anatomy
-        self.lang = None  # the page's language for the panel's words (_wire_model sets it)
+        self.plan_outputs = [md.plan, md.anatomy]  # the live plan and the "What will be trained" panel
 
     def form(self, folder, checkpoint, preset, overwrite, sample_text, sample_every, gpus, *values) -> run_handlers.RunForm:
         return run_handlers.RunForm(fields=dict(zip(self.names, values)), dataset_dir=folder or "", checkpoint=checkpoint,
@@ -106,26 +103,20 @@ class _RunInputs:
                                     sample_every=sample_every, gpus=list(gpus or []))
 
     def update_plan(self, scan, *values):
-        return run_handlers.live_plan(self.host, self.form(*values), scan)
-
-    def update_anatomy(self, scan, *values):
-        """The "What will be trained" panel: from the same inputs as the plan, on the same events."""
-        return anatomy_handlers.anatomy_html(self.host, self.form(*values), scan, lang=self.lang)
+        """The live plan and the "What will be trained" panel, from one preview of the form (in
+        English: the page translates what it is sent)."""
+        return run_handlers.plan_and_panel(self.host, self.form(*values), scan)
 
     def then_update_plan(self, gr, dependency) -> None:
-        dependency.then(self.update_plan, self.plan_inputs, [self.plan], **quiet(gr), **in_order(gr, "il_plan"))
-        dependency.then(self.update_anatomy, self.plan_inputs, [self.anatomy], **quiet(gr), **in_order(gr, "il_anatomy"))
+        dependency.then(self.update_plan, self.plan_inputs, self.plan_outputs, **quiet(gr), **in_order(gr, "il_plan"))
 
 
 def _wire_model(gr, ctx, md, tr, run):
     host = ctx.host
     _wire_base_models(gr, ctx, md)  # first: its page-load refresh is quick, the plan's may wait for a model skeleton
-    run.lang = getattr(ctx, "lang", None)
     for component in [md.checkpoint, *md.fields.values(), tr.sample_text, tr.sample_every, tr.gpus]:
-        component.change(run.update_plan, run.plan_inputs, [md.plan], **quiet(gr), **in_order(gr, "il_plan"))
-        component.change(run.update_anatomy, run.plan_inputs, [md.anatomy], **quiet(gr), **in_order(gr, "il_anatomy"))
-    ctx.demo.load(run.update_plan, run.plan_inputs, [md.plan], show_progress="hidden", **in_order(gr, "il_plan"))
-    ctx.demo.load(run.update_anatomy, run.plan_inputs, [md.anatomy], show_progress="hidden", **in_order(gr, "il_anatomy"))
+        component.change(run.update_plan, run.plan_inputs, run.plan_outputs, **quiet(gr), **in_order(gr, "il_plan"))
+    ctx.demo.load(run.update_plan, run.plan_inputs, run.plan_outputs, show_progress="hidden", **in_order(gr, "il_plan"))
 
     def apply_preset(name):
         try:

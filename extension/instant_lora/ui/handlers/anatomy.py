@@ -7,7 +7,7 @@ the shapes come from the config files of the model the run would load (`lora.ana
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape as _escape
 from pathlib import Path
 
@@ -44,13 +44,12 @@ class PanelSettings:
     problems: bool = False  # the form has settings to fix
 
 
-def panel_settings(host, form) -> PanelSettings | None:
-    """The settings of the run the form stands for, without a dataset (see `with_dataset`)."""
+def panel_settings(made) -> PanelSettings | None:
+    """The settings of the run a request.Preview stands for, with its dataset's buckets when the
+    preview has a plan."""
     from ...lora.anatomy import config_folder
-    from ...request import preview_config
-    from .run import run_request
 
-    config, family, problems = preview_config(run_request(form, host), host)
+    config, family, problems = made.config, made.family, made.problems
     if config is None:
         return None
     name = family.name if family is not None else "sd1"
@@ -71,7 +70,7 @@ def panel_settings(host, form) -> PanelSettings | None:
     except (TypeError, ValueError):
         alpha = None
     rank = config.rank if "network_dim" not in bad and isinstance(config.rank, int) and 1 <= config.rank <= 1024 else None
-    return PanelSettings(
+    settings = PanelSettings(
         family=name, folder=config_folder(config.pretrained_model_name_or_path, name, config.model_config_dir),
         prediction="v" if v else "epsilon", rank=rank, alpha=alpha if alpha and alpha > 0 else None,
         preset=preset if preset in ("default", "attn-only") else None,
@@ -79,28 +78,20 @@ def panel_settings(host, form) -> PanelSettings | None:
         max_token_length=config.max_token_length if "max_token_length" not in bad else None,
         min_snr_gamma=config.min_snr_gamma or None, noise_offset=config.noise_offset or None,
         prior_loss_weight=config.prior_loss_weight, problems=bool(problems))
-
-
-def with_dataset(settings: PanelSettings, host, form, scan) -> PanelSettings:
-    """The buckets the loaded dataset trains in, and whether regularization images take part."""
-    from dataclasses import replace
-
-    from ...request import preview_plan
-    from .run import run_request
-
-    plan, _ = preview_plan(run_request(form, host), host, scan)
+    plan = made.plan
     if plan is None:
         return settings
+    # the buckets the loaded dataset trains in, and whether regularization images take part
     return replace(settings, buckets=plan.buckets or ((plan.width, plan.height),), from_dataset=True,
                    with_reg=bool(plan.reg_per_epoch))
 
 
-def form_anatomy(host, form):
-    """(lora.anatomy.Anatomy, settings) of the form's run; (None, settings) when its rank or preset
-    is not valid (the plan's problems say why)."""
+def form_anatomy(made):
+    """(lora.anatomy.Anatomy, settings) of a request.Preview's run; (None, settings) when its rank
+    or preset is not valid (the plan's problems say why)."""
     from ...lora.anatomy import lora_anatomy
 
-    settings = panel_settings(host, form)
+    settings = panel_settings(made)
     if settings is None or settings.rank is None or settings.preset is None:
         return None, settings
     return lora_anatomy(settings.folder, settings.rank, settings.preset, settings.train_text_encoder,
@@ -110,22 +101,33 @@ def form_anatomy(host, form):
 # ---- the panel --------------------------------------------------------------------------------------
 
 def anatomy_html(host, form, scan, lang=None) -> str:
-    """The panel as HTML (root `.il-anatomy`, whose data attributes give the counts)."""
+    """The panel for a form (see `panel_html`)."""
+    from ...request import preview
+    from .run import run_request
+
+    try:
+        made = preview(run_request(form, host), host, scan)
+    except InstantLoraError as e:
+        return _root({}, [_note(t("Cannot show what will be trained: {why}", lang, why=e.message))])
+    return panel_html(made, scan is not None, lang)
+
+
+def panel_html(made, loaded: bool, lang=None) -> str:
+    """The panel as HTML (root `.il-anatomy`, whose data attributes give the counts) for a
+    request.Preview; `loaded`: a dataset is loaded."""
     from ...lora.anatomy import model_shapes
 
     try:
-        anatomy, settings = form_anatomy(host, form)
+        anatomy, settings = form_anatomy(made)
         if settings is None:
             return _root({}, [_note(t("The settings cannot be read yet: fix the ones the plan lists.", lang))])
-        if scan is not None:
-            settings = with_dataset(settings, host, form, scan)
         shapes = model_shapes(settings.folder)
     except InstantLoraError as e:
         return _root({}, [_note(t("Cannot show what will be trained: {why}", lang, why=e.message))])
     except Exception as e:  # diffusers missing or a broken config folder: the rest of the page still works
         return _root({}, [_note(t("Cannot show what will be trained: {why}", lang, why=f"{type(e).__name__}: {e}"))])
     parts = []
-    if scan is None:
+    if not loaded:
         parts.append(_note(t("Load a dataset to see the latent shape of each of its buckets; shown here at the "
                              "training resolution.", lang)))
     if settings.problems:

@@ -1,5 +1,5 @@
 """Model & LoRA and Train: the form -> one RunRequest -> `request.prepare_run` -> the job, and the
-live plan from `request.preview_plan`. The UI computes no steps, epochs or saves of its own: the
+live plan from `request.preview`. The UI computes no steps, epochs or saves of its own: the
 plan is the one source, so the form says what the run does."""
 
 from __future__ import annotations
@@ -7,12 +7,11 @@ from __future__ import annotations
 import sys
 import traceback
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from ...errors import InstantLoraError
 from ...i18n import t
-from ...request import RunRequest, prepare_run, preview_plan
+from ...request import RunRequest, prepare_run, preview
 from ..fields import FORM_ONLY_DEFAULTS, shown_value, starting_values, user_values
 from . import error_message, problems_message
 
@@ -152,16 +151,33 @@ def cancel_training(job) -> str:
 # ---- the live plan --------------------------------------------------------------------------------
 
 def live_plan(host, form: RunForm, scan) -> str:
-    """The plan the form would run, as markdown: the preset (and whether the form changed it),
-    steps, epochs, saves, samples, about how long, where the file goes, the trainable parameters,
-    and what to fix."""
+    """The plan the form would run, as markdown (see `plan_markdown`)."""
+    try:
+        made = preview(run_request(form, host), host, scan)
+    except InstantLoraError as e:
+        return error_message(e)
+    return plan_markdown(host, form, made, scan is not None)
+
+
+def plan_and_panel(host, form: RunForm, scan, lang=None) -> tuple[str, str]:
+    """(the live plan, the "What will be trained" panel) from one preview of the form: the request
+    is layered, the checkpoint's header read and the dataset planned once for both."""
+    from .anatomy import panel_html
+
+    try:
+        made = preview(run_request(form, host), host, scan)
+    except InstantLoraError as e:
+        return error_message(e), ""
+    return plan_markdown(host, form, made, scan is not None), panel_html(made, scan is not None, lang)
+
+
+def plan_markdown(host, form: RunForm, made, loaded: bool) -> str:
+    """A request.Preview as markdown: the preset (and whether the form changed it), steps, epochs,
+    saves, samples, about how long, where the file goes, the trainable parameters, what to fix."""
     from ...train.plan import describe
 
     lines: list[str] = [preset_status(form, host)]
-    try:
-        plan, problems = preview_plan(run_request(form, host), host, scan)
-    except InstantLoraError as e:
-        return error_message(e)
+    plan, problems = made.plan, made.problems
     if plan is not None:
         # a preview draws no seed: "a random seed" unless the form sets one
         lines += describe(plan, estimate=_estimate(plan), markdown=True)
@@ -169,9 +185,9 @@ def live_plan(host, form: RunForm, scan) -> str:
         lines += [t("note: {warning}", warning=warning) for warning in plan.warnings]
         if (form.sample_text or "").strip() and not plan.sample_steps:
             lines.append("sample prompts are set, but Sample every N steps is 0: no samples")
-    elif scan is None:
+    elif not loaded:
         lines.append("Load a dataset to see the steps, epochs, saves and about how long it takes.")
-    lines.append(parameters_line(form, host))
+    lines.append(parameters_line(made))
     if problems:
         lines.append(problems_message(problems, title=t("fix:")))
     return "\n\n".join(line for line in lines if line)
@@ -204,13 +220,13 @@ def effective_values(form: RunForm, host) -> dict:
     return {**starting_values(preset), **user_values(form.fields, preset)}
 
 
-def parameters_line(form: RunForm, host) -> str:
+def parameters_line(made) -> str:
     """The trainable parameters against the base model, counted as the "What will be trained"
     panel counts them (lora.anatomy, on the model the run would load)."""
     from .anatomy import form_anatomy
 
     try:
-        anatomy, settings = form_anatomy(host, form)
+        anatomy, settings = form_anatomy(made)
     except InstantLoraError:
         return ""  # the problems say why
     except Exception as e:  # diffusers missing or broken: the rest of the plan still shows
@@ -224,30 +240,6 @@ def parameters_line(form: RunForm, host) -> str:
 
 
 FAMILY_BASE = {"sd1": "SD1.5", "sd2": "SD2.x", "sdxl": "SDXL"}
-
-
-def checkpoint_family(form: RunForm, host) -> str:
-    """The chosen checkpoint's family ("sd1" | "sd2" | "sdxl") read from its file's header (no
-    torch); "sd1" when there is none or it cannot be read."""
-    try:
-        label = form.checkpoint or (host.default_checkpoint() if host is not None else None)
-        path = Path(host.checkpoint_path(label)) if label else None
-        if path is None or not path.exists():
-            return "sd1"
-        stat = path.stat()
-        return _family_of(str(path), stat.st_size, stat.st_mtime_ns)
-    except Exception:  # an unreadable or unsupported file: the problems list says why
-        return "sd1"
-
-
-@lru_cache(maxsize=64)
-def _family_of(path: str, size: int, mtime_ns: int) -> str:
-    from ...model_family import detect_family
-
-    try:
-        return detect_family(Path(path)).name
-    except Exception:
-        return "sd1"
 
 
 def lora_parameter_count(rank: int, preset: str, train_text_encoder: bool, family: str = "sd1") -> tuple[int, int]:
